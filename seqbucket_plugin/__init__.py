@@ -1,0 +1,24 @@
+"""seqbucket_plugin: length bucketing, packing and pack-aware recurrent encoders for PyTorch text."""
+
+from seqbucket_plugin.errors import (
+    DataFormatError,
+    EmptyTextError,
+    MissingColumnError,
+    OversizeExampleError,
+    SeqBucketError,
+    StateDictError,
+    UnknownLabelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataFormatError",
+    "EmptyTextError",
+    "MissingColumnError",
+    "OversizeExampleError",
+    "SeqBucketError",
+    "StateDictError",
+    "UnknownLabelError",
+    "__version__",
+]

@@ -1,0 +1,54 @@
+"""Errors raised by seqbucket_plugin.
+
+Every error the plugin raises on bad input derives from :class:`SeqBucketError`, so
+callers can catch the plugin's documented failures without catching bugs.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class SeqBucketError(Exception):
+    """Base class of every error the plugin raises on bad input or configuration."""
+
+
+class DataFormatError(SeqBucketError, ValueError):
+    """A file is malformed. ``path`` and ``line`` (1-based, or None) locate the problem."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, line: int | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.line = line
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
+        super().__init__(f"{where}{message}")
+
+
+class MissingColumnError(SeqBucketError, KeyError):
+    """A requested column does not exist; the message lists the columns that do."""
+
+    def __init__(self, column: str, available: list[str] | tuple[str, ...], source: str | None = None):
+        self.column = column
+        self.available = list(available)
+        where = f" in {source}" if source else ""
+        super().__init__(f"column {column!r} not found{where}; available columns: {self.available}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class UnknownLabelError(SeqBucketError, ValueError):
+    """A label is not in the label set (e.g. an evaluation label never seen in training)."""
+
+
+class EmptyTextError(SeqBucketError, ValueError):
+    """An empty or whitespace-only text was found and the policy is ``"error"``."""
+
+
+class OversizeExampleError(SeqBucketError, ValueError):
+    """An example does not fit the batching budget and the oversize policy is ``"error"``."""
+
+
+class StateDictError(SeqBucketError, ValueError):
+    """A state dict does not match the pipeline it is loaded into."""
