@@ -1,0 +1,230 @@
+"""Collation of a list of examples into a :class:`PackedBatch` ready for ``torch.nn.utils.rnn``.
+
+A :class:`PackedBatch` is padded, sorted by length descending (so
+``pack_padded_sequence(..., enforce_sorted=True)`` works without a device-side sort), keeps its
+lengths on the CPU, and remembers the permutation that restores the caller's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torchdata.nodes import BaseNode
+
+from seqbucket_plugin.errors import DataFormatError, MissingColumnError
+
+__all__ = ["LABEL_PAD_ID", "Pack", "PackedBatch", "collate_packed"]
+
+LABEL_PAD_ID = -100
+"""Padding value of token labels; ``torch.nn.CrossEntropyLoss`` ignores it by default."""
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    """A padded batch of sequences sorted by length, longest first.
+
+    Attributes:
+        input_ids: ``(B, T)`` int64, right-padded with ``pad_id``; ``T`` is the longest length,
+            rounded up to ``pad_to_multiple_of`` when that was asked for.
+        lengths: ``(B,)`` int64, **always on the CPU** (``pack_padded_sequence`` requires it),
+            non-increasing.
+        sorted_indices: ``(B,)`` int64 on the CPU; row ``i`` is example ``sorted_indices[i]`` of
+            the list that was collated.
+        unsorted_indices: ``(B,)`` int64 on the CPU; ``x[unsorted_indices]`` puts rows of any
+            per-row result ``x`` back in the caller's order.
+        labels: ``(B,)`` int64 sequence labels, ``(B, T)`` int64 token labels padded with
+            ``-100``, or None.
+        extras: other columns, sorted like the rows: numbers as ``(B,)`` tensors, anything else
+            as lists.
+        pad_id: the padding id used in ``input_ids``.
+    """
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+    sorted_indices: torch.Tensor
+    unsorted_indices: torch.Tensor
+    labels: torch.Tensor | None = None
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pad_id: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        return int(self.lengths.sum())
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / padded positions (1.0 for an empty batch)."""
+        padded = self.input_ids.numel()
+        return 1.0 if padded == 0 else self.num_tokens / padded
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``(B, T)`` bool, True at real tokens, on the device of ``input_ids``."""
+        positions = torch.arange(self.input_ids.shape[1], device=self.input_ids.device)
+        return positions.unsqueeze(0) < self.lengths.to(self.input_ids.device, non_blocking=True).unsqueeze(1)
+
+    def _map_tensors(self, fn) -> PackedBatch:
+        extras = {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in self.extras.items()}
+        return dataclasses.replace(
+            self,
+            input_ids=fn(self.input_ids),
+            labels=None if self.labels is None else fn(self.labels),
+            extras=extras,
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedBatch:
+        """A copy with ``input_ids``, ``labels`` and tensor extras on ``device``.
+
+        ``lengths`` and the permutations stay on the CPU: packing needs CPU lengths, and keeping
+        them there avoids a device-to-host synchronisation in every forward.
+        """
+        return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> PackedBatch:
+        """A copy in pinned host memory (what ``torchdata.nodes.PinMemory`` calls)."""
+        pinned = self._map_tensors(lambda t: t.pin_memory())
+        return dataclasses.replace(
+            pinned,
+            lengths=self.lengths.pin_memory(),
+            sorted_indices=self.sorted_indices.pin_memory(),
+            unsorted_indices=self.unsorted_indices.pin_memory(),
+        )
+
+    def pack(self, embedded: torch.Tensor) -> PackedSequence:
+        """Pack ``embedded`` ``(B, T, D)`` (rows in this batch's order) into a ``PackedSequence``.
+
+        Rows of length 0 are left out (PyTorch cannot pack them); they are the last rows, since
+        the batch is sorted. Raises ``ValueError`` when every row is empty.
+        """
+        nonempty = int((self.lengths > 0).sum())
+        if nonempty == 0:
+            raise ValueError("cannot pack a batch in which every sequence is empty")
+        return pack_padded_sequence(
+            embedded[:nonempty], self.lengths[:nonempty], batch_first=True, enforce_sorted=True
+        )
+
+    def restore_order(self, per_row: torch.Tensor) -> torch.Tensor:
+        """``per_row`` (first dimension ``B``, in this batch's order) in the caller's order."""
+        return per_row.index_select(0, self.unsorted_indices.to(per_row.device, non_blocking=True))
+
+
+def collate_packed(
+    examples: Sequence[dict[str, Any]],
+    *,
+    pad_id: int = 0,
+    pad_to_multiple_of: int | None = None,
+    input_key: str = "input_ids",
+    length_key: str = "length",
+    label_keys: Sequence[str] = ("label", "labels"),
+    label_pad_id: int = LABEL_PAD_ID,
+) -> PackedBatch:
+    """Collate dict examples into a :class:`PackedBatch`.
+
+    Each example needs ``input_key`` (a sequence of ints) and ``length_key`` (its length,
+    computed once at tokenization and trusted here). A label under one of ``label_keys`` is an
+    int (sequence label) or a sequence of ints as long as the input (token labels). Every other
+    key is carried in ``extras``.
+
+    Raises:
+        MissingColumnError: an example lacks ``input_key`` or ``length_key``.
+        DataFormatError: a length disagrees with its ``input_ids``, or labels are malformed.
+    """
+    size = len(examples)
+    if size == 0:
+        raise ValueError("cannot collate an empty list of examples")
+    first = examples[0]
+    for key in (input_key, length_key):
+        if key not in first:
+            raise MissingColumnError(key, list(first))
+    lengths = np.fromiter((example[length_key] for example in examples), dtype=np.int64, count=size)
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    longest = int(sorted_lengths[0])
+    if pad_to_multiple_of and pad_to_multiple_of > 1:
+        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+
+    input_ids = np.full((size, longest), pad_id, dtype=np.int64)
+    label_key = next((k for k in label_keys if k in first), None)
+    token_labels = label_key is not None and not isinstance(first[label_key], numbers.Integral)
+    labels = np.full((size, longest), label_pad_id, dtype=np.int64) if token_labels else None
+    for row, index in enumerate(order):
+        example = examples[index]
+        length = int(sorted_lengths[row])
+        ids = example[input_key]
+        if len(ids) != length:
+            raise DataFormatError(
+                f"example {index}: {length_key}={length} but {input_key} has {len(ids)} ids; "
+                "lengths are computed once at tokenization and must match"
+            )
+        input_ids[row, :length] = ids
+        if labels is not None:
+            token_label = example[label_key]
+            if len(token_label) != length:
+                raise DataFormatError(f"example {index}: {len(token_label)} token labels for {length} ids")
+            labels[row, :length] = token_label
+
+    if label_key is None:
+        label_tensor = None
+    elif token_labels:
+        label_tensor = torch.from_numpy(labels)
+    else:
+        label_tensor = torch.as_tensor([examples[i][label_key] for i in order], dtype=torch.int64)
+
+    extras: dict[str, Any] = {}
+    for key in first:
+        if key in (input_key, length_key, label_key):
+            continue
+        values = [examples[i].get(key) for i in order]
+        if all(isinstance(v, numbers.Number) and not isinstance(v, bool) for v in values):
+            extras[key] = torch.as_tensor(values)
+        else:
+            extras[key] = values
+
+    sorted_indices = torch.from_numpy(order.astype(np.int64))
+    unsorted_indices = torch.empty_like(sorted_indices)
+    unsorted_indices[sorted_indices] = torch.arange(size, dtype=torch.int64)
+    return PackedBatch(
+        input_ids=torch.from_numpy(input_ids),
+        lengths=torch.from_numpy(sorted_lengths.copy()),
+        sorted_indices=sorted_indices,
+        unsorted_indices=unsorted_indices,
+        labels=label_tensor,
+        extras=extras,
+        pad_id=pad_id,
+    )
+
+
+class Pack(BaseNode[PackedBatch]):
+    """A node that collates each list of examples from ``source`` into a :class:`PackedBatch`.
+
+    Collation is per batch and atomic, so the state is the source's state. Keyword arguments
+    are those of :func:`collate_packed`.
+    """
+
+    SOURCE_KEY = "source"
+
+    def __init__(self, source: BaseNode[list[dict]], **collate_kwargs: Any):
+        super().__init__()
+        self.source = source
+        self.collate_kwargs = collate_kwargs
+
+    def reset(self, initial_state: dict | None = None):
+        super().reset(initial_state)
+        self.source.reset(None if initial_state is None else initial_state[self.SOURCE_KEY])
+
+    def next(self) -> PackedBatch:
+        return collate_packed(next(self.source), **self.collate_kwargs)
+
+    def get_state(self) -> dict:
+        return {self.SOURCE_KEY: self.source.state_dict()}

@@ -1,0 +1,177 @@
+"""Pipeline sources over Hugging Face datasets, as ``torchdata.nodes`` nodes.
+
+* :class:`MapDatasetSource` wraps a map-style ``datasets.Dataset`` (Arrow, memory-mapped).
+  Iterated, it yields rows in order; it also offers random access by index and the whole
+  length column as a numpy array, which lets :class:`~seqbucket_plugin.datapipes.BucketBatcher`
+  plan an epoch over indices without touching the rows.
+* :class:`IterableDatasetSource` wraps a streaming ``datasets.IterableDataset`` and saves and
+  restores its position through the dataset's own ``state_dict``.
+
+Both yield examples as ``dict[str, Any]`` and pass :func:`seqbucket_plugin.testing.check_save_load_state`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+from torchdata.nodes import BaseNode
+
+from seqbucket_plugin.errors import MissingColumnError, StateDictError
+
+__all__ = ["IterableDatasetSource", "MapDatasetSource", "from_hf"]
+
+
+def _columns_to_rows(columns: dict[str, list]) -> list[dict[str, Any]]:
+    names = list(columns)
+    return [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
+
+
+class MapDatasetSource(BaseNode[dict]):
+    """A map-style ``datasets.Dataset`` as a resumable node.
+
+    Iteration yields the rows ``0 .. len-1`` as dicts, reading ``read_size`` rows from Arrow at a
+    time. The state is the next row index, so restoring is O(1).
+
+    Random access for planners: :meth:`lengths` returns a column as an int64 numpy array and
+    :meth:`take` returns the rows at given indices.
+
+    Args:
+        dataset: the map-style dataset.
+        columns: columns to yield (default: all).
+        read_size: rows read from Arrow per call while iterating.
+    """
+
+    NEXT_INDEX_KEY = "next_index"
+
+    def __init__(self, dataset: datasets.Dataset, *, columns: Sequence[str] | None = None, read_size: int = 1024):
+        super().__init__()
+        if not isinstance(dataset, datasets.Dataset):
+            raise TypeError(f"MapDatasetSource needs a datasets.Dataset, got {type(dataset).__name__}")
+        if columns is not None:
+            for column in columns:
+                if column not in dataset.column_names:
+                    raise MissingColumnError(column, dataset.column_names)
+            dataset = dataset.select_columns(list(columns))
+        self.dataset = dataset
+        self.read_size = read_size
+        self._next_index = 0
+        self._buffer: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def lengths(self, column: str = "length") -> np.ndarray:
+        """The ``column`` of every row as an int64 array of shape ``(len(self),)``, read from Arrow.
+
+        Raises:
+            MissingColumnError: when the column does not exist.
+        """
+        if column not in self.dataset.column_names:
+            raise MissingColumnError(column, self.dataset.column_names)
+        values = self.dataset.with_format("arrow", columns=[column])[column]
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> list[dict]:
+        """The rows at ``indices`` (in that order) as dicts, read in one Arrow call."""
+        if len(indices) == 0:
+            return []
+        return _columns_to_rows(self.dataset[np.asarray(indices, dtype=np.int64)])
+
+    def reset(self, initial_state: dict | None = None):
+        super().reset(initial_state)
+        self._buffer = []
+        self._next_index = 0 if initial_state is None else int(initial_state[self.NEXT_INDEX_KEY])
+
+    def next(self) -> dict:
+        if not self._buffer:
+            start = self._next_index
+            if start >= len(self.dataset):
+                raise StopIteration
+            stop = min(start + self.read_size, len(self.dataset))
+            self._buffer = _columns_to_rows(self.dataset[start:stop])[::-1]
+        self._next_index += 1
+        return self._buffer.pop()
+
+    def get_state(self) -> dict:
+        return {self.NEXT_INDEX_KEY: self._next_index}
+
+
+class IterableDatasetSource(BaseNode[dict]):
+    """A streaming ``datasets.IterableDataset`` as a resumable node.
+
+    Each epoch calls ``dataset.set_epoch(epoch)`` so that a shuffled stream
+    (``IterableDataset.shuffle``) differs from epoch to epoch. The state holds the epoch and the
+    dataset's own ``state_dict()``, so a restore resumes the stream without replaying it (rows held
+    in a ``datasets`` shuffle buffer are refilled, as ``datasets`` documents).
+
+    Args:
+        dataset: the streaming dataset.
+        rank, world_size: when given, the stream is split with
+            ``datasets.distributed.split_dataset_by_node`` so that each rank reads its own part.
+    """
+
+    EPOCH_KEY = "epoch"
+    DATASET_KEY = "dataset_state"
+    NUM_YIELDED_KEY = "num_yielded"
+
+    def __init__(self, dataset: datasets.IterableDataset, *, rank: int | None = None, world_size: int | None = None):
+        super().__init__()
+        if not isinstance(dataset, datasets.IterableDataset):
+            raise TypeError(f"IterableDatasetSource needs a datasets.IterableDataset, got {type(dataset).__name__}")
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        if world_size is not None and world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+        self.dataset = dataset
+        self._initial_dataset_state = copy.deepcopy(dataset.state_dict())
+        self._epoch = -1
+        self._num_yielded = 0
+        self._it = None
+
+    def reset(self, initial_state: dict | None = None):
+        super().reset(initial_state)
+        if initial_state is None:
+            self._epoch += 1
+            self._num_yielded = 0
+            self.dataset.set_epoch(self._epoch)
+            # A fresh epoch: forget any position the dataset carries from a previous iterator.
+            self.dataset.load_state_dict(copy.deepcopy(self._initial_dataset_state))
+        else:
+            try:
+                self._epoch = int(initial_state[self.EPOCH_KEY])
+                self._num_yielded = int(initial_state[self.NUM_YIELDED_KEY])
+                self.dataset.set_epoch(self._epoch)
+                self.dataset.load_state_dict(copy.deepcopy(initial_state[self.DATASET_KEY]))
+            except (KeyError, TypeError) as error:
+                raise StateDictError(f"not a state of IterableDatasetSource: {error}") from error
+        self._it = iter(self.dataset)
+
+    def next(self) -> dict:
+        item = next(self._it)  # type: ignore[arg-type]
+        self._num_yielded += 1
+        return item
+
+    def get_state(self) -> dict:
+        return {
+            self.EPOCH_KEY: self._epoch,
+            self.NUM_YIELDED_KEY: self._num_yielded,
+            self.DATASET_KEY: copy.deepcopy(self.dataset.state_dict()),
+        }
+
+
+def from_hf(dataset: datasets.Dataset | datasets.IterableDataset, **kwargs: Any) -> BaseNode[dict]:
+    """The source node for a Hugging Face dataset: map-style or streaming, chosen by its type."""
+    if isinstance(dataset, datasets.Dataset):
+        return MapDatasetSource(dataset, **kwargs)
+    if isinstance(dataset, datasets.IterableDataset):
+        return IterableDatasetSource(dataset, **kwargs)
+    raise TypeError(
+        f"expected a datasets.Dataset or datasets.IterableDataset, got {type(dataset).__name__}; "
+        "for a DatasetDict pick a split, e.g. ds['train']"
+    )
