@@ -1,0 +1,483 @@
+"""Length bucketing: :class:`BucketBatcher` groups examples of similar length into batches.
+
+How an epoch is planned (all numpy, over lengths only; examples are fetched per batch):
+
+1. Bucket boundaries are estimated once from a random sample of lengths (or given). Each bucket
+   holds an equal share of ``length / sqrt(density)``, where density is the share of examples per
+   unit of log-length: dense length ranges get narrow buckets that still hold many batches (so
+   batches differ from epoch to epoch), sparse ranges get buckets that are narrow in tokens.
+2. Examples are ordered by bucket, randomly within a bucket (a fresh permutation every epoch,
+   drawn from ``(seed, epoch)``), and cut greedily into batches: a batch grows while
+   ``rows x longest (rounded up to pad_to_multiple_of) <= max_tokens`` (or up to ``batch_size``
+   rows). A bucket's remainder rolls into the next, longer bucket, so at most one batch per
+   epoch is partial.
+3. The batch order is shuffled (no length-sorted sawtooth); optionally the longest batch goes
+   first so an out-of-memory error shows at step 1.
+
+Map-style sources that expose their length column (:class:`~.sources.MapDatasetSource`) are
+planned over the whole epoch and fetched by index: the state is ``(epoch, batches yielded)`` and a
+restore re-plans from the seed, never replaying data. Other sources are read in chunks of
+``buffer_size`` examples (memory O(buffer)); each chunk is planned the same way, and the state
+holds the source's state at the chunk start plus the position in the chunk's plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch.distributed as dist
+from torchdata.nodes import BaseNode
+
+from seqbucket_plugin.errors import MissingColumnError, OversizeExampleError, StateDictError
+
+__all__ = ["BatchingStats", "BucketBatcher", "estimate_boundaries", "plan_batches"]
+
+OversizePolicy = Literal["error", "skip", "truncate"]
+
+
+def estimate_boundaries(lengths: np.ndarray, num_buckets: int = 64, density_power: float = 0.5) -> np.ndarray:
+    """Bucket upper edges (ascending int64) estimated from a sample of lengths.
+
+    Bucket ``k`` holds lengths in ``(edges[k-1], edges[k]]``; lengths above the last edge form the
+    last bucket. Each bucket gets an equal share of ``length * density ** -density_power`` where
+    density is estimated by a log-length histogram of the sample. ``density_power=0`` gives
+    buckets of equal total tokens (lhotse's choice); larger values move buckets from dense,
+    short ranges to sparse, long ones.
+    """
+    sample = np.sort(np.asarray(lengths, dtype=np.float64))
+    sample = np.maximum(sample, 1.0)
+    if sample.size == 0 or num_buckets <= 1:
+        return np.zeros(0, dtype=np.int64)
+    log_lengths = np.log2(sample)
+    bins = max(4, int(math.ceil((log_lengths[-1] - log_lengths[0]) * 8)))
+    counts, edges = np.histogram(log_lengths, bins=bins)
+    density = np.convolve(counts.astype(np.float64), np.ones(3) / 3.0, mode="same") + 0.5
+    bin_of = np.clip(np.searchsorted(edges, log_lengths, side="right") - 1, 0, bins - 1)
+    mass = np.cumsum(sample * density[bin_of] ** -density_power)
+    targets = mass[-1] * np.arange(1, num_buckets) / num_buckets
+    cut = np.minimum(np.searchsorted(mass, targets), sample.size - 1)
+    return np.unique(sample[cut].astype(np.int64))
+
+
+def _padded(lengths: np.ndarray, multiple: int | None) -> np.ndarray:
+    if multiple and multiple > 1:
+        return -(-lengths // multiple) * multiple
+    return lengths
+
+
+def plan_batches(
+    lengths: np.ndarray,
+    *,
+    boundaries: np.ndarray,
+    rng: np.random.Generator | None,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    max_batch_size: int | None = None,
+    pad_to_multiple_of: int | None = None,
+) -> list[np.ndarray]:
+    """Cut ``lengths`` into batches of indices, in bucket order (the caller shuffles the order).
+
+    Exactly one of ``batch_size`` / ``max_tokens``. With ``max_tokens`` every batch satisfies
+    ``rows * max(1, padded longest) <= max_tokens`` provided every single example does (callers
+    handle oversize examples first). With ``rng=None`` the order within a bucket is the input
+    order. Only the last batch returned may be partial. Cost: one numpy pass per batch.
+    """
+    n = lengths.size
+    if n == 0:
+        return []
+    bucket = np.searchsorted(boundaries, lengths, side="left")
+    if rng is None:
+        order = np.argsort(bucket, kind="stable")
+    else:
+        order = np.lexsort((rng.random(n), bucket))
+    if batch_size is not None:
+        rows = batch_size if max_batch_size is None else min(batch_size, max_batch_size)
+        return np.split(order, np.arange(rows, n, rows))
+
+    cost_length = np.maximum(_padded(lengths[order], pad_to_multiple_of), 1)
+    lower_edge = np.concatenate(([1], np.maximum(boundaries, 1)))[bucket[order]]
+    row_cap = n if max_batch_size is None else max_batch_size
+    batches = []
+    start = 0
+    while start < n:
+        # Every later example is in this bucket or a longer one, so this caps the rows.
+        window = min(n - start, row_cap, max_tokens // int(lower_edge[start]) + 1)
+        longest = np.maximum.accumulate(cost_length[start : start + window])
+        cost = longest * np.arange(1, window + 1)
+        rows = max(1, int(np.searchsorted(cost, max_tokens, side="right")))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+@dataclasses.dataclass
+class BatchingStats:
+    """What the batcher did in the current epoch (on this rank), up to the last batch yielded.
+
+    ``padding_efficiency`` = real tokens / (rows x longest row), summed over batches, with the
+    longest row rounded up to ``pad_to_multiple_of``. ``batch_size_histogram`` maps rows to the
+    number of batches with that many rows. The drop counters cover the epoch's plan so far:
+    ``dropped_last`` examples in partial batches removed by ``drop_last``, ``skipped_oversize`` and
+    ``truncated_oversize`` examples longer than the budget, ``padding_repeats`` examples repeated so
+    that every rank gets the same number of batches.
+    """
+
+    epoch: int = 0
+    batches: int = 0
+    examples: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    dropped_last: int = 0
+    skipped_oversize: int = 0
+    truncated_oversize: int = 0
+    padding_repeats: int = 0
+    batch_size_histogram: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def padding_efficiency(self) -> float:
+        return 1.0 if self.padded_tokens == 0 else self.real_tokens / self.padded_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["padding_efficiency"] = self.padding_efficiency
+        return out
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class BucketBatcher(BaseNode[list[dict]]):
+    """Batches examples of similar length: high padding efficiency, random batches every epoch.
+
+    Args:
+        source: a node of dict examples, each with an int ``length_key`` (computed at
+            tokenization). A source with random access by index (``lengths(key)`` and
+            ``take(indices)``, like :class:`~.sources.MapDatasetSource`) takes the fast path.
+        batch_size: rows per batch. Exactly one of ``batch_size`` / ``max_tokens``.
+        max_tokens: budget per batch counting padding: ``rows x longest <= max_tokens``, with the
+            longest rounded up to ``pad_to_multiple_of``.
+        max_batch_size: optional cap on rows per batch.
+        length_key, input_key: the example keys of the length and of the token ids (used when
+            truncating oversize examples; a ``labels`` list of token labels is truncated alike).
+        shuffle: random batches and batch order (``seed`` and the epoch decide them). False gives
+            the same length-ordered batches every epoch, for evaluation.
+        seed: base seed; epoch ``e`` uses ``(seed, e)``.
+        drop_last: drop a partial last batch (counted in :attr:`stats`).
+        num_buckets: number of buckets when boundaries are estimated; more buckets trade
+            randomness (batches repeat more across epochs) for efficiency.
+        boundaries: explicit bucket upper edges, instead of estimating them.
+        buffer_size: examples read per chunk from a source without random access.
+        sample_size: lengths sampled at random to estimate boundaries on the map-style path.
+        oversize: an example alone over ``max_tokens``: ``"error"`` raises
+            :class:`~seqbucket_plugin.errors.OversizeExampleError`, ``"skip"`` drops it,
+            ``"truncate"`` cuts it to the budget; skipped and truncated examples are counted.
+        longest_first: put the batch with the longest row first in each epoch, so an
+            out-of-memory error shows at step 1.
+        rank, world_size: this process's share (default: from ``torch.distributed`` when
+            initialised). Every rank plans the same epoch and takes every ``world_size``-th
+            batch; the batch count is made divisible by splitting batches (or, with fewer
+            examples than ranks, by repeating examples, counted), so all ranks take the same
+            number of steps. Every rank must see the same source.
+
+    Yields:
+        ``list[dict]``: the examples of a batch, in random order.
+    """
+
+    EPOCH_KEY = "epoch"
+    CHUNK_KEY = "chunk"
+    POSITION_KEY = "position"
+    SOURCE_KEY = "source"
+    STATS_KEY = "stats"
+    BOUNDARIES_KEY = "boundaries"
+
+    def __init__(
+        self,
+        source: BaseNode[dict],
+        *,
+        batch_size: int | None = None,
+        max_tokens: int | None = None,
+        max_batch_size: int | None = None,
+        length_key: str = "length",
+        input_key: str = "input_ids",
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        pad_to_multiple_of: int | None = None,
+        num_buckets: int = 64,
+        boundaries: Sequence[int] | None = None,
+        buffer_size: int = 20_000,
+        sample_size: int = 100_000,
+        oversize: OversizePolicy = "error",
+        longest_first: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        super().__init__()
+        if (batch_size is None) == (max_tokens is None):
+            raise ValueError("give exactly one of batch_size or max_tokens")
+        for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens),
+                            ("max_batch_size", max_batch_size), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if oversize not in ("error", "skip", "truncate"):
+            raise ValueError(f"oversize must be 'error', 'skip' or 'truncate', got {oversize!r}")
+        if buffer_size < 1 or num_buckets < 1:
+            raise ValueError("buffer_size and num_buckets must be positive")
+        if seed < 0:
+            raise ValueError("seed must be a non-negative int")
+        if (rank is None) != (world_size is None):
+            raise ValueError("give both rank and world_size, or neither")
+        if rank is None:
+            rank, world_size = _dist_rank_world()
+        assert world_size is not None
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+
+        self.source = source
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.max_batch_size = max_batch_size
+        self.length_key = length_key
+        self.input_key = input_key
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.num_buckets = num_buckets
+        self.buffer_size = buffer_size
+        self.sample_size = sample_size
+        self.oversize = oversize
+        self.longest_first = longest_first
+        self.rank = rank
+        self.world_size = world_size
+        self.indexed = callable(getattr(source, "lengths", None)) and callable(getattr(source, "take", None))
+
+        self._boundaries = None if boundaries is None else np.unique(np.asarray(boundaries, dtype=np.int64))
+        self._all_lengths: np.ndarray | None = None
+        self._epoch = -1
+        self._chunk = 0
+        self._position = 0
+        self._chunk_source_state: dict | None = None
+        self._items: list[dict] = []
+        self._lengths = np.zeros(0, dtype=np.int64)
+        self._plan: list[np.ndarray] = []
+        self._truncate_to = self._budget_length()
+        self._exhausted = False
+        self.stats = BatchingStats()
+
+    # ------------------------------------------------------------------ planning
+    def _budget_length(self) -> int | None:
+        """The longest length a single example may have, or None without a token budget."""
+        if self.max_tokens is None:
+            return None
+        multiple = self.pad_to_multiple_of or 1
+        return (self.max_tokens // multiple) * multiple
+
+    def _rng(self, *extra: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *extra])
+
+    def _ensure_boundaries(self, lengths: np.ndarray) -> None:
+        if self._boundaries is not None:
+            return
+        if lengths.size > self.sample_size:
+            lengths = lengths[self._rng(2**31 - 1).choice(lengths.size, self.sample_size, replace=False)]
+        self._boundaries = estimate_boundaries(lengths, self.num_buckets)
+
+    def _plan_for(self, lengths: np.ndarray, epoch: int, chunk: int) -> tuple[list[np.ndarray], BatchingStats]:
+        """This rank's batches (indices into ``lengths``) and the plan-level counters."""
+        stats = BatchingStats(epoch=epoch)
+        keep = np.arange(lengths.size)
+        limit = self._budget_length()
+        if limit is not None:
+            oversize = np.flatnonzero(np.maximum(_padded(lengths, self.pad_to_multiple_of), 1) > self.max_tokens)
+            if oversize.size:
+                if self.oversize == "error":
+                    first = int(oversize[0])
+                    raise OversizeExampleError(
+                        f"{oversize.size} example(s) do not fit max_tokens={self.max_tokens} even alone "
+                        f"(e.g. example {first} of this {'epoch' if self.indexed else 'chunk'} has "
+                        f"{self.length_key}={int(lengths[first])}); raise max_tokens, truncate at "
+                        "tokenization, or pass oversize='skip' or 'truncate'"
+                    )
+                if self.oversize == "skip":
+                    keep = np.setdiff1d(keep, oversize, assume_unique=True)
+                    stats.skipped_oversize = int(oversize.size)
+                else:
+                    lengths = lengths.copy()
+                    lengths[oversize] = limit
+                    stats.truncated_oversize = int(oversize.size)
+        self._ensure_boundaries(lengths[keep])
+        rng = self._rng(epoch, chunk) if self.shuffle else None
+        batches = [keep[b] for b in plan_batches(
+            lengths[keep], boundaries=self._boundaries, rng=rng, batch_size=self.batch_size,
+            max_tokens=self.max_tokens, max_batch_size=self.max_batch_size,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )]
+        if self.drop_last and batches and self._is_partial(batches[-1], lengths):
+            stats.dropped_last = int(batches.pop().size)
+        if self.world_size > 1:
+            batches, stats.padding_repeats = self._divisible(batches)
+        if rng is not None:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        batches = batches[self.rank :: self.world_size]
+        if self.longest_first and batches:
+            longest = int(np.argmax([lengths[b].max() * len(b) for b in batches]))
+            batches.insert(0, batches.pop(longest))
+        return batches, stats
+
+    def _is_partial(self, batch: np.ndarray, lengths: np.ndarray) -> bool:
+        if self.batch_size is not None:
+            return batch.size < min(self.batch_size, self.max_batch_size or self.batch_size)
+        # The last batch of the sequential pass ended because the data ran out, unless one more
+        # row of its own longest length would not have fitted.
+        longest = max(1, int(_padded(lengths[batch], self.pad_to_multiple_of).max()))
+        rows_fit = self.max_tokens // longest
+        if self.max_batch_size is not None:
+            rows_fit = min(rows_fit, self.max_batch_size)
+        return batch.size < rows_fit
+
+    def _divisible(self, batches: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+        """Split (or, failing that, pad) the batch list to a multiple of ``world_size``."""
+        missing = -len(batches) % self.world_size
+        repeats = 0
+        while missing:
+            widest = max(range(len(batches)), key=lambda i: batches[i].size) if batches else None
+            if widest is not None and batches[widest].size >= 2:
+                batch = batches.pop(widest)
+                half = batch.size // 2
+                batches.extend([batch[:half], batch[half:]])
+            else:
+                # Fewer examples than ranks: repeat single examples (counted).
+                donor = batches[len(batches) - 1 - (repeats % len(batches))] if batches else None
+                if donor is None:
+                    break
+                batches.append(donor[:1].copy())
+                repeats += 1
+            missing -= 1
+        return batches, repeats
+
+    # ------------------------------------------------------------------ chunks
+    def _load_indexed_epoch(self) -> None:
+        if self._all_lengths is None:
+            self._all_lengths = np.asarray(self.source.lengths(self.length_key), dtype=np.int64)
+        self._lengths = self._all_lengths
+        self._plan, self.stats = self._plan_for(self._lengths, self._epoch, 0)
+
+    def _load_chunk(self, source_state: dict | None) -> None:
+        """Read the next chunk from the source (from ``source_state`` when restoring) and plan it."""
+        if source_state is not None:
+            self.source.reset(source_state)
+        self._chunk_source_state = self.source.state_dict()
+        items = []
+        for _ in range(self.buffer_size * self.world_size):
+            try:
+                items.append(next(self.source))
+            except StopIteration:
+                self._exhausted = True
+                break
+        if items and self.length_key not in items[0]:
+            raise MissingColumnError(self.length_key, list(items[0]))
+        self._items = items
+        self._lengths = np.fromiter((it[self.length_key] for it in items), dtype=np.int64, count=len(items))
+        self._plan, chunk_stats = self._plan_for(self._lengths, self._epoch, self._chunk)
+        for name in ("dropped_last", "skipped_oversize", "truncated_oversize", "padding_repeats"):
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(chunk_stats, name))
+
+    def _fetch(self, indices: np.ndarray) -> list[dict]:
+        if self.indexed:
+            examples = self.source.take(indices)
+        else:
+            examples = [self._items[i] for i in indices]
+        limit = self._truncate_to
+        if self.oversize == "truncate" and limit is not None:
+            examples = [self._truncate(e, limit) if e[self.length_key] > limit else e for e in examples]
+        return examples
+
+    def _truncate(self, example: dict, limit: int) -> dict:
+        example = dict(example)
+        example[self.input_key] = example[self.input_key][:limit]
+        if isinstance(example.get("labels"), (list, tuple, np.ndarray)):
+            example["labels"] = example["labels"][:limit]
+        example[self.length_key] = limit
+        return example
+
+    # ------------------------------------------------------------------ node protocol
+    def reset(self, initial_state: dict | None = None):
+        super().reset(initial_state)
+        self._exhausted = False
+        if initial_state is None:
+            self._epoch += 1
+            self._chunk = 0
+            self._position = 0
+            self.stats = BatchingStats(epoch=self._epoch)
+            if self.indexed:
+                self._load_indexed_epoch()
+            else:
+                self.source.reset(None)
+                self._load_chunk(None)
+            return
+        try:
+            self._epoch = int(initial_state[self.EPOCH_KEY])
+            self._chunk = int(initial_state[self.CHUNK_KEY])
+            position = int(initial_state[self.POSITION_KEY])
+            stats = dict(initial_state[self.STATS_KEY])
+            boundaries = initial_state[self.BOUNDARIES_KEY]
+            source_state = initial_state[self.SOURCE_KEY]
+        except (KeyError, TypeError, ValueError) as error:
+            raise StateDictError(f"not a BucketBatcher state: missing or bad {error}") from error
+        if boundaries is not None:
+            self._boundaries = np.asarray(boundaries, dtype=np.int64)
+        if self.indexed:
+            self._load_indexed_epoch()
+        else:
+            self._load_chunk(source_state)
+        histogram = {int(k): int(v) for k, v in stats.pop("batch_size_histogram", {}).items()}
+        stats.pop("padding_efficiency", None)
+        self.stats = BatchingStats(**stats, batch_size_histogram=histogram)
+        if position > len(self._plan):
+            raise StateDictError(f"state position {position} is past the {len(self._plan)} planned batches")
+        self._position = position
+
+    def next(self) -> list[dict]:
+        while self._position >= len(self._plan):
+            if self.indexed or self._exhausted:
+                raise StopIteration
+            self._chunk += 1
+            self._position = 0
+            self._load_chunk(None)
+        indices = self._plan[self._position]
+        self._position += 1
+        batch = self._fetch(indices)
+        lengths = np.minimum(self._lengths[indices], self._truncate_to or np.iinfo(np.int64).max)
+        stats = self.stats
+        stats.batches += 1
+        stats.examples += len(batch)
+        stats.real_tokens += int(lengths.sum())
+        stats.padded_tokens += len(batch) * int(_padded(lengths, self.pad_to_multiple_of).max(initial=0))
+        stats.batch_size_histogram[len(batch)] = stats.batch_size_histogram.get(len(batch), 0) + 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {
+            self.EPOCH_KEY: self._epoch,
+            self.CHUNK_KEY: self._chunk,
+            self.POSITION_KEY: self._position,
+            self.SOURCE_KEY: None if self.indexed else self._chunk_source_state,
+            self.BOUNDARIES_KEY: None if self._boundaries is None else self._boundaries.tolist(),
+            self.STATS_KEY: self.stats.as_dict(),
+        }
+
+    def num_batches(self, epoch: int = 0) -> int:
+        """Batches this rank yields in ``epoch`` (map-style sources only; plans without iterating)."""
+        if not self.indexed:
+            raise TypeError("a streaming BucketBatcher learns its number of batches only at the end of an epoch")
+        if self._all_lengths is None:
+            self._all_lengths = np.asarray(self.source.lengths(self.length_key), dtype=np.int64)
+        return len(self._plan_for(self._all_lengths, epoch, 0)[0])
