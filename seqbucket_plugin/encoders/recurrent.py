@@ -1,0 +1,354 @@
+"""Pack-aware LSTM/GRU encoders (``lstm``, ``gru``, ``bilstm``, ``bigru``).
+
+Two exact execution strategies give the same results (to float rounding):
+
+``padded_exact`` (the default on CPU)
+    No ``PackedSequence``. Rows are taken longest first; time is cut at the distinct lengths of
+    the batch into segments, and each segment runs over only the rows still active in it, with
+    the state carried over from the previous segment. Long segments go through the fused RNN
+    kernel (oneDNN on CPU), short ones (the ragged tail of a bucketed batch) through the fused
+    cell, step by step. No step is ever computed on padding, so outputs *and* final states
+    (``h_n`` and ``c_n``) are exact at each sequence's true end. The reverse direction runs the
+    same way on per-sequence reversed inputs (a gather with index ``len - 1 - t`` built from the
+    CPU lengths) and is un-reversed with the same gather. Multi-layer bidirectional encoders run
+    layer by layer, since each layer needs both directions of the one below.
+
+``packed`` (the default on CUDA, where cuDNN's packed kernels are fast)
+    Each layer runs once over a :class:`~torch.nn.utils.rnn.PackedSequence`.
+
+The weights are stored under ``nn.LSTM``/``nn.GRU`` names (``weight_ih_l0``,
+``weight_hh_l0_reverse``...), so a ``state_dict`` moves between this encoder and
+``nn.LSTM``/``nn.GRU`` (``batch_first`` is irrelevant to weights) in both directions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import _VF, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from seqbucket_plugin.encoders.base import SequenceEncoder, to_device_index
+from seqbucket_plugin.encoders.errors import EncoderInputError
+from seqbucket_plugin.encoders.registry import register_encoder
+
+_CUDNN_CHUNK_WARNING = ".*weights are not part of single contiguous chunk of memory.*"
+
+
+def _check_p(name: str, p: float) -> float:
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise EncoderInputError(f"{name} must be in [0, 1), got {p}")
+    return p
+
+
+class RecurrentEncoder(SequenceEncoder):
+    """A multi-layer (bi)LSTM/GRU encoder honouring the encoder contract (see module docs).
+
+    Args:
+        input_size: size of the input vectors.
+        hidden_size: hidden size per direction.
+        num_layers: number of stacked layers.
+        mode: ``"lstm"`` or ``"gru"``.
+        bidirectional: add a backward direction (token states are ``[forward; backward]``).
+        dropout: dropout on the outputs of every layer but the last (between layers).
+        input_dropout: dropout on the input vectors.
+        output_dropout: dropout on the returned token states (pooling sees the dropped states).
+        variational: the three dropouts above are *locked* (one mask per sequence, shared by
+            all time steps, as in AWD-LSTM) when True, element-wise when False.
+        weight_drop: DropConnect probability on the recurrent weights ``weight_hh`` (one mask
+            per forward, training only; AWD-LSTM style).
+        forget_bias: initial forget-gate bias of LSTMs (the two bias vectors sum to it).
+        pooling: see :class:`~seqbucket_plugin.encoders.Pooler`.
+        strategy: ``"auto"`` (``packed`` on CUDA, ``padded_exact`` elsewhere), ``"packed"`` or
+            ``"padded_exact"``; a per-call ``strategy=`` overrides it.
+        min_kernel_steps: in ``padded_exact``, segments shorter than this run cell by cell.
+    """
+
+    strategies = ("padded_exact", "packed")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        mode: str = "lstm",
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        variational: bool = True,
+        weight_drop: float = 0.0,
+        forget_bias: float = 1.0,
+        pooling: str | Sequence[str] | None = "last",
+        strategy: str = "auto",
+        min_kernel_steps: int = 8,
+    ):
+        mode = mode.lower()
+        if mode not in ("lstm", "gru"):
+            raise EncoderInputError(f"mode must be 'lstm' or 'gru', got {mode!r}")
+        if int(input_size) < 1 or int(hidden_size) < 1 or int(num_layers) < 1:
+            raise EncoderInputError("input_size, hidden_size and num_layers must be positive")
+        dirs = 2 if bidirectional else 1
+        super().__init__(hidden_size * dirs, dirs, pooling, strategy)
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
+        self.num_layers = int(num_layers)
+        self.mode = mode
+        self.bidirectional = bool(bidirectional)
+        self.dropout = _check_p("dropout", dropout)
+        self.input_dropout = _check_p("input_dropout", input_dropout)
+        self.output_dropout = _check_p("output_dropout", output_dropout)
+        self.weight_drop = _check_p("weight_drop", weight_drop)
+        self.variational = bool(variational)
+        self.forget_bias = float(forget_bias)
+        self.min_kernel_steps = max(1, int(min_kernel_steps))
+        gates = 4 if mode == "lstm" else 3
+        self._names: list[list[tuple[str, str, str, str]]] = []
+        for layer in range(self.num_layers):
+            layer_in = self.input_size if layer == 0 else self.output_size
+            per_dir = []
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                names = (f"weight_ih{sfx}", f"weight_hh{sfx}", f"bias_ih{sfx}", f"bias_hh{sfx}")
+                shapes = ((gates * hidden_size, layer_in), (gates * hidden_size, hidden_size),
+                          (gates * hidden_size,), (gates * hidden_size,))
+                for n, s in zip(names, shapes):
+                    self.register_parameter(n, nn.Parameter(torch.empty(s)))
+                per_dir.append(names)
+            self._names.append(per_dir)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+    def reset_parameters(self) -> None:
+        """Xavier input weights, orthogonal recurrent weights (per gate), forget-gate bias."""
+        H = self.hidden_size
+        with torch.no_grad():
+            for per_dir in self._names:
+                for w_ih, w_hh, b_ih, b_hh in per_dir:
+                    w_ih, w_hh = getattr(self, w_ih), getattr(self, w_hh)
+                    b_ih, b_hh = getattr(self, b_ih), getattr(self, b_hh)
+                    for g in range(w_ih.size(0) // H):
+                        nn.init.xavier_uniform_(w_ih[g * H:(g + 1) * H])
+                        nn.init.orthogonal_(w_hh[g * H:(g + 1) * H])
+                    b_ih.zero_()
+                    b_hh.zero_()
+                    if self.mode == "lstm":
+                        b_ih[H:2 * H].fill_(self.forget_bias)  # gate order i, f, g, o
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, mode={self.mode!r}, "
+                f"bidirectional={self.bidirectional}, dropout={self.dropout}, input_dropout={self.input_dropout}, "
+                f"output_dropout={self.output_dropout}, weight_drop={self.weight_drop}, strategy={self.strategy!r}")
+
+    def _weights(self) -> list[list[list[torch.Tensor]]]:
+        """Per layer, per direction ``[w_ih, w_hh, b_ih, b_hh]``, weight-dropped when training."""
+        out = []
+        for per_dir in self._names:
+            layer = []
+            for names in per_dir:
+                w = [getattr(self, n) for n in names]
+                if self.training and self.weight_drop > 0:
+                    w[1] = F.dropout(w[1], p=self.weight_drop, training=True)
+                layer.append(w)
+            out.append(layer)
+        return out
+
+    # ------------------------------------------------------------------ dropout helpers
+    def _dropout_mask(self, rows: int, size: int, p: float, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.training or p == 0 or not self.variational:
+            return None
+        return like.new_empty(rows, size).bernoulli_(1 - p).div_(1 - p)
+
+    def _apply_dropout(self, x: torch.Tensor, p: float, mask: torch.Tensor | None) -> torch.Tensor:
+        """Dropout on padded ``(B, T, F)``: locked with ``mask (B, F)``, else element-wise."""
+        if not self.training or p == 0:
+            return x
+        if mask is not None:
+            return x * mask.unsqueeze(1)
+        return F.dropout(x, p=p, training=True)
+
+    # ------------------------------------------------------------------ contract
+    def default_strategy(self, device: torch.device) -> str:
+        return "packed" if device.type == "cuda" else "padded_exact"
+
+    def encode(self, x, lengths, mask, strategy):
+        B, T, _ = x.shape
+        if x.size(-1) != self.input_size:
+            raise EncoderInputError(f"expected input size {self.input_size}, got {x.size(-1)}")
+        device = x.device
+        weights = self._weights()
+        x = self._apply_dropout(x, self.input_dropout, self._dropout_mask(B, self.input_size, self.input_dropout, x))
+        lens = lengths.tolist()  # CPU tensor: no synchronisation
+        is_sorted = all(a >= b for a, b in zip(lens, lens[1:]))
+        inv = None
+        if not is_sorted:
+            _, perm = torch.sort(lengths, descending=True, stable=True)
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(B)
+            x = x.index_select(0, to_device_index(perm, device))
+            lens = [lens[i] for i in perm.tolist()]
+        n0 = bisect.bisect_left([-v for v in lens], 0)  # rows with length > 0 (sorted descending)
+        if n0 == 0:
+            states, finals = self._empty(x, B, T)
+        else:
+            between = [self._dropout_mask(B, self.output_size, self.dropout, x) for _ in range(self.num_layers - 1)]
+            run = self._run_packed if strategy == "packed" else self._run_padded
+            states, finals = run(x[:n0, : lens[0]], lens[:n0], weights, between)
+            states = F.pad(states, (0, 0, 0, T - lens[0], 0, B - n0))
+            finals = [F.pad(f, (0, 0, 0, B - n0)) for f in finals]
+        if inv is not None:
+            inv_dev = to_device_index(inv, device)
+            states = states.index_select(0, inv_dev)
+            finals = [f.index_select(1, inv_dev) for f in finals]
+        states = self._apply_dropout(
+            states, self.output_dropout, self._dropout_mask(B, self.output_size, self.output_dropout, states)
+        )
+        final = (finals[0], finals[1]) if self.mode == "lstm" else finals[0]
+        return states, final
+
+    def _empty(self, x, B, T):
+        n = self.num_layers * self.num_directions
+        z = x.new_zeros(n, B, self.hidden_size)
+        # keep the graph connected to the parameters, so backward() on an all-empty batch works
+        anchor = sum(p.sum() for p in self.parameters()) * 0
+        states = x.new_zeros(B, T, self.output_size) + anchor
+        return states, [z + anchor] * (2 if self.mode == "lstm" else 1)
+
+    # ------------------------------------------------------------------ padded_exact
+    @staticmethod
+    def _plan(lens: list[int]) -> list[tuple[int, int, int]]:
+        """Segments ``(start, end, active_rows)`` cut at the distinct lengths (lens sorted desc)."""
+        neg = [-v for v in lens]
+        plan, start = [], 0
+        for end in sorted(set(lens)):
+            plan.append((start, end, bisect.bisect_right(neg, -end)))  # rows with length >= end
+            start = end
+        return plan
+
+    def _kernel(self, x, state, w):
+        """Fused RNN over ``x (n, s, D)`` batch-first from ``state`` (each ``(n, H)``)."""
+        if self.mode == "lstm":
+            out, h, c = _VF.lstm(x, (state[0].unsqueeze(0), state[1].unsqueeze(0)), w, True, 1, 0.0,
+                                 self.training, False, True)
+            return out, (h.squeeze(0), c.squeeze(0))
+        out, h = _VF.gru(x, state[0].unsqueeze(0), w, True, 1, 0.0, self.training, False, True)
+        return out, (h.squeeze(0),)
+
+    def _cells(self, x, state, w):
+        outs = []
+        for t in range(x.size(1)):
+            if self.mode == "lstm":
+                state = torch.lstm_cell(x[:, t], state, *w)
+            else:
+                state = (torch.gru_cell(x[:, t], state[0], *w),)
+            outs.append(state[0])
+        return torch.stack(outs, 1), tuple(state)
+
+    def _run_direction(self, x, plan, w):
+        n0, H = x.size(0), self.hidden_size
+        n_state = 2 if self.mode == "lstm" else 1
+        state = tuple(x.new_zeros(n0, H) for _ in range(n_state))
+        outs, done, active = [], [], n0
+        for start, end, n in plan:
+            if n < active:  # rows n..active-1 ended at `start`
+                done.append(tuple(s[n:active] for s in state))
+                state = tuple(s[:n] for s in state)
+                active = n
+            xs = x[:n, start:end]
+            if end - start >= self.min_kernel_steps:
+                out, state = self._kernel(xs, state, w)
+            else:
+                out, state = self._cells(xs, state, w)
+            outs.append(F.pad(out, (0, 0, 0, 0, 0, n0 - n)))
+        done.append(state)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        finals = [torch.cat([d[k] for d in reversed(done)], 0) for k in range(n_state)]
+        return out, finals
+
+    def _run_padded(self, x, lens, weights, between):
+        n0, T = x.size(0), x.size(1)
+        plan = self._plan(lens)
+        lens_t = torch.tensor(lens)
+        rev = None
+        if self.bidirectional:
+            t = torch.arange(T).unsqueeze(0)
+            L = lens_t.unsqueeze(1)
+            rev = to_device_index(torch.where(t < L, L - 1 - t, t), x.device).unsqueeze(-1)
+        finals: list[list[torch.Tensor]] = [[], []]
+        inp = x
+        for layer, per_dir in enumerate(weights):
+            outs = []
+            for d, w in enumerate(per_dir):
+                if d == 0:
+                    out, fin = self._run_direction(inp, plan, w)
+                else:
+                    xr = inp.gather(1, rev.expand(-1, -1, inp.size(-1)))
+                    out, fin = self._run_direction(xr, plan, w)
+                    out = out.gather(1, rev.expand(-1, -1, out.size(-1)))
+                outs.append(out)
+                for k, f in enumerate(fin):
+                    finals[k].append(f)
+            inp = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+            if layer < self.num_layers - 1:
+                m = between[layer]
+                inp = self._apply_dropout(inp, self.dropout, None if m is None else m[:n0])
+        return inp, [torch.stack(f, 0) for f in finals if f]
+
+    # ------------------------------------------------------------------ packed
+    def _run_packed(self, x, lens, weights, between):
+        n0, H = x.size(0), self.hidden_size
+        packed = pack_padded_sequence(x, torch.tensor(lens), batch_first=True, enforce_sorted=True)
+        data, batch_sizes = packed.data, packed.batch_sizes
+        dirs = self.num_directions
+        row_seq = None
+        quiet = warnings.catch_warnings() if x.is_cuda else contextlib.nullcontext()
+        finals: list[list[torch.Tensor]] = [[], []]
+        with quiet:
+            if x.is_cuda:
+                warnings.filterwarnings("ignore", message=_CUDNN_CHUNK_WARNING)
+            for layer, per_dir in enumerate(weights):
+                flat = [t for w in per_dir for t in w]
+                h0 = data.new_zeros(dirs, n0, H)
+                if self.mode == "lstm":
+                    data, h, c = _VF.lstm(data, batch_sizes, (h0, h0), flat, True, 1, 0.0, self.training,
+                                          self.bidirectional)
+                    finals[0].append(h)
+                    finals[1].append(c)
+                else:
+                    data, h = _VF.gru(data, batch_sizes, h0, flat, True, 1, 0.0, self.training, self.bidirectional)
+                    finals[0].append(h)
+                if layer < self.num_layers - 1 and self.training and self.dropout > 0:
+                    m = between[layer]
+                    if m is None:
+                        data = F.dropout(data, p=self.dropout, training=True)
+                    else:
+                        if row_seq is None:  # packed row -> sorted sequence index
+                            row_seq = to_device_index(
+                                torch.cat([torch.arange(int(b)) for b in batch_sizes]), x.device
+                            )
+                        data = data * m[:n0].index_select(0, row_seq)
+        out, _ = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=True, total_length=x.size(1))
+        return out, [torch.cat(f, 0) for f in finals if f]
+
+
+def _factory(mode: str, bidirectional: bool):
+    def make(input_size: int, hidden_size: int, num_layers: int = 1, **kwargs) -> RecurrentEncoder:
+        return RecurrentEncoder(input_size, hidden_size, num_layers, mode=mode, bidirectional=bidirectional, **kwargs)
+
+    make.__name__ = f"{'bi' if bidirectional else ''}{mode}"
+    make.__doc__ = (f"A {'bidirectional ' if bidirectional else ''}{mode.upper()} "
+                    "RecurrentEncoder; see RecurrentEncoder for the keyword arguments.")
+    return make
+
+
+register_encoder("lstm", _factory("lstm", False))
+register_encoder("gru", _factory("gru", False))
+register_encoder("bilstm", _factory("lstm", True), aliases=("blstm", "bi-lstm"))
+register_encoder("bigru", _factory("gru", True), aliases=("bi-gru",))
