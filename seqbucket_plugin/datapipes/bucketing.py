@@ -328,7 +328,7 @@ class BucketBatcher(BaseNode[list[dict]]):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         batches = batches[self.rank :: self.world_size]
         if self.longest_first and batches:
-            longest = int(np.argmax([lengths[b].max() * len(b) for b in batches]))
+            longest = max(range(len(batches)), key=lambda i: (lengths[batches[i]].max(), batches[i].size))
             batches.insert(0, batches.pop(longest))
         return batches, stats
 

@@ -1,0 +1,31 @@
+"""Shared fixtures: small generated data, and the location of the optional real data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def real_data(name: str) -> Path:
+    """The folder of a shared real data set, or skip the test with the reason."""
+    folder = SHARED_DATA / name
+    if not folder.is_dir():
+        pytest.skip(f"real data set {name!r} not found at ../shared/data/{name} (not part of a fresh clone)")
+    return folder
+
+
+def make_examples(lengths, *, label_mod: int = 2) -> list[dict]:
+    """Tokenized-looking examples: ids ``1..length``, the length, a label and an ``id``."""
+    return [
+        {"input_ids": list(range(1, int(n) + 1)), "length": int(n), "label": i % label_mod, "id": i}
+        for i, n in enumerate(lengths)
+    ]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
