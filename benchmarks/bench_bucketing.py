@@ -113,17 +113,22 @@ def noisy_sort(lengths, epoch, max_tokens, noise):
 
 
 # ---------------------------------------------------------------- ours
-def ours(lengths, epoch_count=2, streaming=False, **kwargs):
+def ours(lengths, epoch_count=2, streaming=None, **kwargs):
+    """Two epochs of our batcher. ``streaming``: None (map-style), "fixed" (the same stream order
+    every epoch) or "shuffled" (a HF IterableDataset, 64 shards, shuffled per epoch with
+    ``IterableDataset.shuffle(buffer_size=1000)``, the usual streaming set-up)."""
     import datasets
     from torchdata.nodes import IterableWrapper, Loader
 
-    from seqbucket_plugin.datapipes import BucketBatcher, MapDatasetSource
+    from seqbucket_plugin.datapipes import BucketBatcher, IterableDatasetSource, MapDatasetSource
 
-    rows = [{"id": i, "length": int(n)} for i, n in enumerate(lengths)]
-    if streaming:
-        source = IterableWrapper(rows)
+    table = datasets.Dataset.from_dict({"id": np.arange(lengths.size), "length": lengths})
+    if streaming == "fixed":
+        source = IterableWrapper([{"id": i, "length": int(n)} for i, n in enumerate(lengths)])
+    elif streaming == "shuffled":
+        source = IterableDatasetSource(table.to_iterable_dataset(num_shards=64).shuffle(seed=0, buffer_size=1000))
     else:
-        source = MapDatasetSource(datasets.Dataset.from_dict({"id": np.arange(lengths.size), "length": lengths}))
+        source = MapDatasetSource(table)
     batcher = BucketBatcher(source, **kwargs)
     loader = Loader(batcher)
     epochs = [[np.array([e["id"] for e in batch]) for batch in loader] for _ in range(epoch_count)]
@@ -258,11 +263,13 @@ def main() -> None:
     print("\n## seqbucket_plugin BucketBatcher")
     settings = {
         "max_tokens, map-style (defaults)": dict(max_tokens=max_tokens),
-        "max_tokens, streaming, buffer 20,000": dict(max_tokens=max_tokens, streaming=True, buffer_size=20_000),
+        "max_tokens, shuffled stream, buffer 20,000": dict(max_tokens=max_tokens, streaming="shuffled"),
+        "max_tokens, fixed-order stream, buffer 20,000": dict(max_tokens=max_tokens, streaming="fixed"),
         "max_tokens, num_buckets=256 (efficiency knob)": dict(max_tokens=max_tokens, num_buckets=256),
-        "max_tokens, num_buckets=256, streaming": dict(max_tokens=max_tokens, num_buckets=256, streaming=True),
+        "max_tokens, num_buckets=256, shuffled stream": dict(max_tokens=max_tokens, num_buckets=256,
+                                                             streaming="shuffled"),
         "batch_size=32, map-style": dict(batch_size=32),
-        "batch_size=32, streaming, buffer 20,000": dict(batch_size=32, streaming=True),
+        "batch_size=32, shuffled stream, buffer 20,000": dict(batch_size=32, streaming="shuffled"),
     }
     for name, kwargs in settings.items():
         start = time.perf_counter()

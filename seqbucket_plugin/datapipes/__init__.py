@@ -1,19 +1,59 @@
-"""Pipeline stages as ``torchdata.nodes`` nodes: sources, tokenization, bucketing, packing."""
+"""Pipeline stages as ``torchdata.nodes`` nodes: sources, tokenization, bucketing, packing.
+
+Data flows one way: source -> tokenize -> bucket_batch -> pack -> (prefetch / pin_memory) -> Loader.
+:class:`Pipe` chains them; every stage is also usable on its own.
+"""
 
 from seqbucket_plugin.datapipes.bucketing import BatchingStats, BucketBatcher, estimate_boundaries, plan_batches
+from seqbucket_plugin.datapipes.loaders import (
+    LoaderConfigError,
+    LoadReport,
+    load_classification,
+    load_classification_splits,
+    load_conll_columns,
+    load_conllu,
+    load_tagging,
+    load_tagging_splits,
+)
 from seqbucket_plugin.datapipes.packing import LABEL_PAD_ID, Pack, PackedBatch, collate_packed
+from seqbucket_plugin.datapipes.pipe import Pipe
 from seqbucket_plugin.datapipes.sources import IterableDatasetSource, MapDatasetSource, from_hf
+from seqbucket_plugin.datapipes.tokenize import (
+    IGNORE_INDEX,
+    TextTokenizer,
+    TokenizeNode,
+    TokenizeReport,
+    tokenize_dataset,
+    tokenize_report,
+    tokenize_tagged_dataset,
+)
 
 __all__ = [
+    "IGNORE_INDEX",
     "LABEL_PAD_ID",
     "BatchingStats",
     "BucketBatcher",
     "IterableDatasetSource",
+    "LoadReport",
+    "LoaderConfigError",
     "MapDatasetSource",
     "Pack",
     "PackedBatch",
+    "Pipe",
+    "TextTokenizer",
+    "TokenizeNode",
+    "TokenizeReport",
     "collate_packed",
     "estimate_boundaries",
     "from_hf",
+    "load_classification",
+    "load_classification_splits",
+    "load_conll_columns",
+    "load_conllu",
+    "load_tagging",
+    "load_tagging_splits",
     "plan_batches",
+    "tokenize_dataset",
+    "tokenize_report",
+    "tokenize_tagged_dataset",
 ]

@@ -1,0 +1,85 @@
+"""PackedBatch and collation: sorting, order restoration, padding, labels, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_examples
+from torch.nn.utils.rnn import pad_packed_sequence
+
+from seqbucket_plugin import DataFormatError, MissingColumnError
+from seqbucket_plugin.datapipes import LABEL_PAD_ID, collate_packed
+
+
+def test_sorted_descending_and_order_restored():
+    examples = make_examples([3, 7, 0, 5, 7])
+    batch = collate_packed(examples)
+    assert batch.lengths.tolist() == [7, 7, 5, 3, 0]
+    assert batch.lengths.dtype == torch.int64 and batch.lengths.device.type == "cpu"
+    assert batch.sorted_indices.tolist() == [1, 4, 3, 0, 2], "stable sort: ties keep the caller's order"
+    restored = batch.restore_order(batch.lengths)
+    assert restored.tolist() == [3, 7, 0, 5, 7]
+    assert batch.extras["id"][batch.unsorted_indices].tolist() == [0, 1, 2, 3, 4]
+    assert batch.labels.tolist() == [1, 0, 1, 0, 0]
+    for row, index in enumerate(batch.sorted_indices.tolist()):
+        n = examples[index]["length"]
+        assert batch.input_ids[row, :n].tolist() == examples[index]["input_ids"]
+        assert (batch.input_ids[row, n:] == 0).all()
+    assert batch.mask.sum(1).tolist() == batch.lengths.tolist()
+
+
+def test_pad_to_multiple_and_pad_id():
+    batch = collate_packed(make_examples([3, 9]), pad_id=5, pad_to_multiple_of=8)
+    assert batch.input_ids.shape == (2, 16)
+    assert (batch.input_ids[1, 3:] == 5).all()
+    assert batch.padding_efficiency == pytest.approx(12 / 32)
+
+
+def test_token_labels_padded_with_minus_100():
+    examples = [{"input_ids": [1, 2, 3], "length": 3, "labels": [4, 5, 6]},
+                {"input_ids": [7], "length": 1, "labels": [8]}]
+    batch = collate_packed(examples, pad_to_multiple_of=4)
+    assert batch.labels.tolist() == [[4, 5, 6, LABEL_PAD_ID], [8, LABEL_PAD_ID, LABEL_PAD_ID, LABEL_PAD_ID]]
+
+
+def test_extras_carried_through_sorted():
+    examples = [{"input_ids": [1], "length": 1, "label": 0, "name": "a", "score": 0.5},
+                {"input_ids": [1, 2], "length": 2, "label": 1, "name": "b", "score": 1.5}]
+    batch = collate_packed(examples)
+    assert batch.extras["name"] == ["b", "a"]
+    assert batch.extras["score"].tolist() == [1.5, 0.5]
+
+
+def test_pack_to_packed_sequence_round_trip():
+    batch = collate_packed(make_examples([4, 2, 0, 3]))
+    embedded = torch.randn(batch.batch_size, batch.input_ids.shape[1], 3)
+    packed = batch.pack(embedded)
+    assert packed.batch_sizes.tolist() == [3, 3, 2, 1]
+    unpacked, lengths = pad_packed_sequence(packed, batch_first=True)
+    assert lengths.tolist() == [4, 3, 2]
+    mask = batch.mask[:3].unsqueeze(-1)
+    assert torch.equal(unpacked * mask, embedded[:3, :4] * mask)
+    with pytest.raises(ValueError, match="empty"):
+        collate_packed(make_examples([0, 0])).pack(torch.zeros(2, 0, 3))
+
+
+def test_to_keeps_lengths_on_cpu():
+    batch = collate_packed(make_examples([2, 1]))
+    moved = batch.to("meta")
+    assert moved.input_ids.device.type == "meta" and moved.labels.device.type == "meta"
+    assert moved.lengths.device.type == "cpu" and moved.unsorted_indices.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pin_memory():
+    batch = collate_packed(make_examples([2, 1])).pin_memory()
+    assert batch.input_ids.is_pinned() and batch.lengths.is_pinned()
+
+
+def test_bad_input_errors():
+    with pytest.raises(MissingColumnError, match="available columns"):
+        collate_packed([{"input_ids": [1]}])
+    with pytest.raises(DataFormatError, match="length=3 but input_ids has 2"):
+        collate_packed([{"input_ids": [1, 2], "length": 3}])
+    with pytest.raises(ValueError, match="empty list"):
+        collate_packed([])
