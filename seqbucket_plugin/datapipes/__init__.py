@@ -4,7 +4,12 @@ Data flows one way: source -> tokenize -> bucket_batch -> pack -> (prefetch / pi
 :class:`Pipe` chains them; every stage is also usable on its own.
 """
 
-from seqbucket_plugin.datapipes.bucketing import BatchingStats, BucketBatcher, estimate_boundaries, plan_batches
+from seqbucket_plugin.datapipes.bucketing import (
+    BatchingStats,
+    BucketBatcher,
+    estimate_boundaries,
+    plan_batches,
+)
 from seqbucket_plugin.datapipes.loaders import (
     LoaderConfigError,
     LoadReport,
