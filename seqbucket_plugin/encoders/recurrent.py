@@ -241,41 +241,88 @@ class RecurrentEncoder(SequenceEncoder):
         out, h = _VF.gru(x, state[0].unsqueeze(0), w, True, 1, 0.0, self.training, False, True)
         return out, (h.squeeze(0),)
 
-    def _cells(self, x, state, w):
-        outs = []
-        for t in range(x.size(1)):
-            if self.mode == "lstm":
-                state = torch.lstm_cell(x[:, t], state, *w)
-            else:
-                state = (torch.gru_cell(x[:, t], state[0], *w),)
-            outs.append(state[0])
-        return torch.stack(outs, 1), tuple(state)
+    def _lstm_cells_c(self, x, h_prev, c0, w):
+        """Exact cell states of an LSTM whose hidden outputs are known.
 
-    def _run_direction(self, x, plan, w):
-        n0, H = x.size(0), self.hidden_size
-        n_state = 2 if self.mode == "lstm" else 1
-        state = tuple(x.new_zeros(n0, H) for _ in range(n_state))
-        outs, done, active = [], [], n0
+        ``x (r, s, D)`` inputs, ``h_prev (r, s, H)`` the hidden state *entering* each step, ``c0 (r, H)``
+        the cell state entering the first step. Returns ``(r, s, H)`` cell states. The gates of all
+        steps come from one matmul; only the cheap element-wise recurrence runs step by step.
+        """
+        w_ih, w_hh, b_ih, b_hh = w
+        gates = torch.matmul(x, w_ih.t()) + torch.matmul(h_prev, w_hh.t()) + (b_ih + b_hh)
+        i, f, g, _ = gates.chunk(4, dim=-1)
+        ig = torch.sigmoid(i) * torch.tanh(g)
+        f = torch.sigmoid(f)
+        c, cs = c0, []
+        for j in range(x.size(1)):
+            c = torch.addcmul(ig[:, j], f[:, j], c)
+            cs.append(c)
+        return torch.stack(cs, 1)
+
+    @staticmethod
+    def _groups(plan: list[tuple[int, int, int]], min_steps: int) -> list[tuple[int, int, int, int]]:
+        """Merge consecutive segments until a group spans >= min_steps steps.
+
+        Returns ``(start, end, active_rows_at_start, active_rows_at_end)``.
+        """
+        groups, cur = [], None
         for start, end, n in plan:
-            if n < active:  # rows n..active-1 ended at `start`
-                done.append(tuple(s[n:active] for s in state))
-                state = tuple(s[:n] for s in state)
-                active = n
-            xs = x[:n, start:end]
-            if end - start >= self.min_kernel_steps:
-                out, state = self._kernel(xs, state, w)
+            if cur is None:
+                cur = [start, end, n, n]
             else:
-                out, state = self._cells(xs, state, w)
+                cur[1], cur[3] = end, n
+            if cur[1] - cur[0] >= min_steps:
+                groups.append(tuple(cur))
+                cur = None
+        if cur is not None:
+            groups.append(tuple(cur))
+        return groups
+
+    def _run_direction(self, x, lens, groups, mask, w):
+        """One direction over ``x (n0, T, D)`` (rows sorted by length, descending).
+
+        Each group of segments runs through the fused kernel over the rows active at its start,
+        from the exact state of the previous group. Rows that end inside a group take their final
+        hidden state from the outputs at ``len - 1``; their LSTM cell state is recomputed exactly
+        from those outputs (:meth:`_lstm_cells_c`). Padded positions are zeroed.
+        """
+        n0, H = x.size(0), self.hidden_size
+        lstm = self.mode == "lstm"
+        state = tuple(x.new_zeros(n0, H) for _ in range(2 if lstm else 1))
+        outs, done = [], []
+        for start, end, n, n_end in groups:
+            xs = x[:n, start:end]
+            out, new_state = self._kernel(xs, state, w)
+            if n_end < n:  # rows n_end..n-1 end strictly inside this group
+                pos = torch.tensor([lens[r] - 1 - start for r in range(n_end, n)])
+                pos_dev = to_device_index(pos, x.device)
+                rows = out[n_end:n]
+                h_fin = rows.gather(1, pos_dev.view(-1, 1, 1).expand(-1, 1, H)).squeeze(1)
+                fin = (h_fin,)
+                if lstm:
+                    s = int(pos.max()) + 1
+                    h_prev = torch.cat([state[0][n_end:n].unsqueeze(1), rows[:, : s - 1]], 1)
+                    cs = self._lstm_cells_c(xs[n_end:n, :s], h_prev, state[1][n_end:n], w)
+                    fin = (h_fin, cs.gather(1, pos_dev.view(-1, 1, 1).expand(-1, 1, H)).squeeze(1))
+                done.append(fin)
+                new_state = tuple(t[:n_end] for t in new_state)
+            state = new_state
             outs.append(F.pad(out, (0, 0, 0, 0, 0, n0 - n)))
-        done.append(state)
+            # rows that end exactly at `end` leave here with an exact state
+            n_next = next((g[2] for g in groups if g[0] == end), 0)
+            if n_next < n_end:
+                done.append(tuple(t[n_next:n_end] for t in state))
+                state = tuple(t[:n_next] for t in state)
         out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
-        finals = [torch.cat([d[k] for d in reversed(done)], 0) for k in range(n_state)]
+        out = out * mask.unsqueeze(-1)
+        finals = [torch.cat([d[k] for d in reversed(done)], 0) for k in range(len(state))]
         return out, finals
 
     def _run_padded(self, x, lens, weights, between):
         n0, T = x.size(0), x.size(1)
-        plan = self._plan(lens)
+        groups = self._groups(self._plan(lens), self.min_kernel_steps)
         lens_t = torch.tensor(lens)
+        mask = to_device_index(torch.arange(T).unsqueeze(0) < lens_t.unsqueeze(1), x.device).to(x.dtype)
         rev = None
         if self.bidirectional:
             t = torch.arange(T).unsqueeze(0)
@@ -287,10 +334,10 @@ class RecurrentEncoder(SequenceEncoder):
             outs = []
             for d, w in enumerate(per_dir):
                 if d == 0:
-                    out, fin = self._run_direction(inp, plan, w)
+                    out, fin = self._run_direction(inp, lens, groups, mask, w)
                 else:
                     xr = inp.gather(1, rev.expand(-1, -1, inp.size(-1)))
-                    out, fin = self._run_direction(xr, plan, w)
+                    out, fin = self._run_direction(xr, lens, groups, mask, w)
                     out = out.gather(1, rev.expand(-1, -1, out.size(-1)))
                 outs.append(out)
                 for k, f in enumerate(fin):

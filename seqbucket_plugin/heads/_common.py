@@ -1,0 +1,43 @@
+"""Input handling shared by the heads: token ids + CPU lengths, from a PackedBatch or tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from seqbucket_plugin.encoders.base import _is_packed_batch, resolve_lengths
+from seqbucket_plugin.encoders.errors import EncoderInputError
+
+
+def resolve_token_inputs(
+    inputs: Any, lengths: Any, labels: Any, padding_idx: int | None
+) -> tuple[torch.Tensor, torch.Tensor, Any, dict]:
+    """``(input_ids (B, T), lengths (B,) CPU int64, labels or None, extras)``.
+
+    ``inputs`` is a PackedBatch (anything with ``input_ids`` and ``lengths``; its ``labels`` and
+    ``extras`` are used unless given explicitly) or a ``(B, T)`` LongTensor of ids. Without
+    lengths, the lengths are taken from ``input_ids != padding_idx``, which must be a prefix mask.
+    """
+    extras: dict = {}
+    if _is_packed_batch(inputs):
+        if lengths is not None:
+            raise EncoderInputError("a PackedBatch carries its own lengths; do not pass lengths")
+        ids, lengths = inputs.input_ids, inputs.lengths
+        if labels is None:
+            labels = getattr(inputs, "labels", None)
+        extras = dict(getattr(inputs, "extras", None) or {})
+    elif isinstance(inputs, torch.Tensor):
+        ids = inputs
+    else:
+        raise EncoderInputError(f"expected a PackedBatch or a (B, T) tensor of token ids, got {type(inputs).__name__}")
+    if ids.dim() != 2 or ids.is_floating_point():
+        raise EncoderInputError(f"token ids must be an integer (B, T) tensor, got {tuple(ids.shape)} {ids.dtype}")
+    B, T = ids.shape
+    mask = None
+    if lengths is None:
+        if padding_idx is None:
+            lengths = None  # every row full length
+        else:
+            mask = ids != padding_idx
+    return ids, resolve_lengths(lengths, mask, B, T), labels, extras

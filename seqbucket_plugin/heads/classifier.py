@@ -1,0 +1,90 @@
+"""Sequence classifier: embedding -> encoder -> pooling -> MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqbucket_plugin.encoders.base import EncoderOutput
+from seqbucket_plugin.encoders.registry import create_encoder
+from seqbucket_plugin.heads._common import resolve_token_inputs
+
+
+class ClassifierOutput(NamedTuple):
+    logits: torch.Tensor
+    """``(B, num_classes)`` in the input's row order (a PackedBatch's row order)."""
+    loss: torch.Tensor | None
+    """Mean cross-entropy over rows whose label is not -100, when labels were given."""
+    encoder_output: EncoderOutput
+
+
+class SequenceClassifier(nn.Module):
+    """Text classifier over variable-length token sequences.
+
+    Args:
+        vocab_size: number of token ids.
+        num_classes: number of classes.
+        embedding_dim: token embedding size (ignored when ``embedding`` is given).
+        hidden_size: encoder hidden size per direction.
+        encoder: a registered encoder name, or an encoder module (then ``hidden_size``,
+            ``pooling`` and ``encoder_kwargs`` are not used).
+        encoder_kwargs: extra keyword arguments for :func:`create_encoder` (``num_layers``,
+            ``dropout``, ``weight_drop``, ``strategy``...).
+        pooling: pooling of the encoder (``"last"``, ``"mean"``, ``"max"``, ``"attention"``, or
+            ``+``-joined).
+        mlp_hidden: hidden layer sizes of the MLP on the pooled vector.
+        dropout: dropout before each MLP layer.
+        padding_idx: the padding id (lengths are derived from it when not given).
+        embedding: an embedding module to use instead of a fresh ``nn.Embedding``.
+
+    ``forward(batch)`` takes a PackedBatch (its ``labels`` give the loss), or
+    ``forward(input_ids, lengths, labels=...)``. Outputs are in the input's row order.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        *,
+        embedding_dim: int = 64,
+        hidden_size: int = 128,
+        encoder: str | nn.Module = "bilstm",
+        encoder_kwargs: dict[str, Any] | None = None,
+        pooling: str | Sequence[str] = "last+max",
+        mlp_hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+        padding_idx: int | None = 0,
+        embedding: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.embedding = embedding if embedding is not None else nn.Embedding(
+            vocab_size, embedding_dim, padding_idx=padding_idx
+        )
+        emb_dim = getattr(self.embedding, "embedding_dim", embedding_dim)
+        if isinstance(encoder, str):
+            encoder = create_encoder(encoder, input_size=emb_dim, hidden_size=hidden_size, pooling=pooling,
+                                     **(encoder_kwargs or {}))
+        self.encoder = encoder
+        layers: list[nn.Module] = []
+        size = encoder.pooled_size
+        for h in mlp_hidden:
+            layers += [nn.Dropout(dropout), nn.Linear(size, h), nn.ReLU()]
+            size = h
+        layers += [nn.Dropout(dropout), nn.Linear(size, num_classes)]
+        self.mlp = nn.Sequential(*layers)
+        self.num_classes = num_classes
+
+    def forward(self, inputs: Any, lengths: Any = None, *, labels: torch.Tensor | None = None,
+                strategy: str | None = None) -> ClassifierOutput:
+        ids, lengths, labels, _ = resolve_token_inputs(inputs, lengths, labels, self.padding_idx)
+        enc = self.encoder(self.embedding(ids), lengths, strategy=strategy)
+        logits = self.mlp(enc.pooled)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels.to(logits.device).long().view(-1), ignore_index=-100)
+        return ClassifierOutput(logits, loss, enc)
