@@ -1,0 +1,113 @@
+"""Heads: classifier and tagger on PackedBatch and on tensors; training steps; decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqbucket_plugin.datapipes.packing import collate_packed
+from seqbucket_plugin.encoders import EncoderInputError, list_encoders
+from seqbucket_plugin.heads import SequenceClassifier, SequenceTagger, pad_char_ids
+
+V = 30
+
+
+def _examples(lengths, token_labels=False, chars=False):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i, n in enumerate(lengths):
+        ids = torch.randint(1, V, (n,), generator=g).tolist()
+        ex = {"input_ids": ids, "length": n, "label": [t % 3 for t in ids] if token_labels else i % 2}
+        if chars:
+            ex["char_ids"] = [[(t + k) % 9 + 1 for k in range(t % 4 + 1)] for t in ids]
+        out.append(ex)
+    return out
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "bigru", "bilstm"])
+def test_classifier_packed_batch_trains(encoder):
+    torch.manual_seed(0)
+    model = SequenceClassifier(V, 2, embedding_dim=8, hidden_size=6, encoder=encoder, pooling="last+mean+max+attention",
+                               mlp_hidden=(8,), dropout=0.1, encoder_kwargs={"num_layers": 2})
+    batch = collate_packed(_examples([5, 3, 7, 1, 4, 6]))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(15):
+        out = model(batch)
+        assert out.logits.shape == (6, 2)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0] * 0.5
+    model.eval()
+    # the same answer from tensors + lengths, and each row alone
+    logits = model(batch.input_ids, batch.lengths).logits
+    torch.testing.assert_close(logits, model(batch).logits)
+    for b in range(6):
+        n = int(batch.lengths[b])
+        torch.testing.assert_close(model(batch.input_ids[b : b + 1, :n]).logits[0], logits[b], atol=1e-5, rtol=0)
+    for strategy in ("packed", "padded_exact"):
+        torch.testing.assert_close(model(batch, strategy=strategy).logits, logits, atol=1e-5, rtol=0)
+
+
+def test_classifier_lengths_from_padding_and_errors():
+    model = SequenceClassifier(V, 3, embedding_dim=8, hidden_size=6).eval()
+    ids = torch.tensor([[4, 5, 6, 0], [7, 0, 0, 0]])
+    torch.testing.assert_close(model(ids).logits, model(ids, [3, 1]).logits)
+    with pytest.raises(EncoderInputError, match="holes"):
+        model(torch.tensor([[4, 0, 6, 0]]))
+    with pytest.raises(EncoderInputError):
+        model([[1, 2]])
+    out = model(ids, [3, 1], labels=torch.tensor([2, -100]))
+    assert out.loss is not None and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("decoder", ["crf", "softmax"])
+@pytest.mark.parametrize("char_encoder", [None, "cnn", "bilstm"])
+def test_tagger_trains_and_decodes(decoder, char_encoder):
+    torch.manual_seed(0)
+    model = SequenceTagger(V, 3, embedding_dim=8, hidden_size=8, decoder=decoder, char_encoder=char_encoder,
+                           num_chars=12, char_kwargs={"char_dim": 4} if char_encoder else None)
+    batch = collate_packed(_examples([5, 3, 7, 1, 4], token_labels=True, chars=True))
+    assert batch.labels.shape == batch.input_ids.shape
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    first = None
+    for _ in range(25):
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else out.loss.item()
+    assert out.loss.item() < first * 0.5
+    model.eval()
+    tags = model.decode(batch)
+    mask = batch.mask
+    assert torch.all(tags[~mask] == -100)
+    accuracy = (tags[mask] == batch.labels[mask]).float().mean()
+    assert accuracy > 0.9
+    # a row alone gives the same tags
+    chars = pad_char_ids(batch.extras["char_ids"], batch.input_ids.shape[1])
+    n = int(batch.lengths[2])
+    alone = model.decode(batch.input_ids[2:3, :n], [n], chars=chars[2:3, :n])
+    assert alone[0].tolist() == tags[2, :n].tolist()
+
+
+def test_tagger_needs_chars_and_zero_length_rows():
+    model = SequenceTagger(V, 3, embedding_dim=8, hidden_size=8, char_encoder="cnn", num_chars=12)
+    with pytest.raises(EncoderInputError, match="char"):
+        model(torch.tensor([[1, 2]]), [2])
+    plain = SequenceTagger(V, 3, embedding_dim=8, hidden_size=8)
+    ids = torch.tensor([[1, 2, 3], [0, 0, 0]])
+    labels = torch.tensor([[0, 1, 2], [-100, -100, -100]])
+    out = plain(ids, [3, 0], labels=labels)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert plain.decode(ids, [3, 0])[1].eq(-100).all()
+
+
+def test_heads_accept_every_registered_encoder():
+    for name in list_encoders():
+        model = SequenceClassifier(V, 2, embedding_dim=5, hidden_size=4, encoder=name, pooling="mean")
+        out = model(torch.randint(1, V, (3, 4)), [4, 2, 0], labels=torch.tensor([0, 1, 1]))
+        out.loss.backward()
