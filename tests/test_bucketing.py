@@ -253,9 +253,26 @@ def test_boundaries_estimate_and_plan_vectorised():
     lengths = np.random.default_rng(0).lognormal(5, 0.7, 50_000).astype(np.int64) + 1
     edges = estimate_boundaries(lengths, 32)
     assert np.all(np.diff(edges) > 0) and 10 <= edges.size <= 31
-    batches = plan_batches(lengths, boundaries=edges, rng=np.random.default_rng(0), max_tokens=4096)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(lengths.size))
-    assert max(len(b) * lengths[b].max() for b in batches) <= 4096
+    plan = plan_batches(lengths, boundaries=edges, rng=np.random.default_rng(0), max_tokens=4096)
+    assert sorted(np.concatenate(plan.batches).tolist()) == list(range(lengths.size))
+    assert max(len(b) * lengths[b].max() for b in plan.batches) <= 4096
+    assert len(plan.batches) <= 1.1 * np.ceil(lengths.sum() / 4096), "batches are nearly full"
+    full = [len(b) == 4096 // lengths[b].max() for b in plan.batches[:-1]]
+    assert np.mean(full) > 0.5
+
+
+def test_neighbours_rarely_meet_again():
+    """Stratified dealing: items of nearly equal length are spread over a bucket's batches."""
+    lengths = np.full(6400, 100)
+    edges = np.zeros(0, dtype=np.int64)
+    plans = [plan_batches(lengths, boundaries=edges, rng=np.random.default_rng(e), batch_size=32).batches
+             for e in (0, 1)]
+    where = np.empty(lengths.size, np.int64)
+    for j, b in enumerate(plans[1]):
+        where[b] = j
+    pairs = [(b[i], b[i + 1]) for b in plans[0] for i in range(len(b) - 1)]
+    repeat = np.mean([where[a] == where[b] for a, b in pairs])
+    assert repeat < 0.02  # 200 batches: a random partition gives about 1/200
 
 
 def test_explicit_boundaries_are_used():

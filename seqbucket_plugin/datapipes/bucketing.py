@@ -6,11 +6,15 @@ How an epoch is planned (all numpy, over lengths only; examples are fetched per 
    holds an equal share of ``length / sqrt(density)``, where density is the share of examples per
    unit of log-length: dense length ranges get narrow buckets that still hold many batches (so
    batches differ from epoch to epoch), sparse ranges get buckets that are narrow in tokens.
-2. Examples are ordered by bucket, randomly within a bucket (a fresh permutation every epoch,
-   drawn from ``(seed, epoch)``), and cut greedily into batches: a batch grows while
-   ``rows x longest (rounded up to pad_to_multiple_of) <= max_tokens`` (or up to ``batch_size``
-   rows). A bucket's remainder rolls into the next, longer bucket, so at most one batch per
-   epoch is partial.
+   With a token budget, buckets are also split where ``max_tokens // length`` changes among the
+   longest rows, so a bucket of long items is not cut to the rows its very longest item allows.
+2. Bucket by bucket, shortest first, the rows per batch follow from the bucket's longest item
+   (``max_tokens // longest``) or are ``batch_size``. The bucket's items, sorted by length with
+   ties broken at random, are dealt into whole batches: each run of ``num_batches`` neighbours
+   gives one item to every batch, in a fresh random order every epoch (drawn from
+   ``(seed, epoch)``). Batches thus span their bucket evenly and items of nearly equal length
+   rarely meet again the next epoch. The few longest items that do not fill a batch roll into
+   the next bucket; only the very last batch of an epoch can be partial.
 3. The batch order is shuffled (no length-sorted sawtooth); optionally the longest batch goes
    first so an out-of-memory error shows at step 1.
 
@@ -34,12 +38,13 @@ from torchdata.nodes import BaseNode
 
 from seqbucket_plugin.errors import MissingColumnError, OversizeExampleError, StateDictError
 
-__all__ = ["BatchingStats", "BucketBatcher", "estimate_boundaries", "plan_batches"]
+__all__ = ["BatchPlan", "BatchingStats", "BucketBatcher", "estimate_boundaries", "plan_batches"]
 
 OversizePolicy = Literal["error", "skip", "truncate"]
+_ROW_CLASSES = 16
 
 
-def estimate_boundaries(lengths: np.ndarray, num_buckets: int = 64, density_power: float = 0.5) -> np.ndarray:
+def estimate_boundaries(lengths: np.ndarray, num_buckets: int = 66, density_power: float = 0.5) -> np.ndarray:
     """Bucket upper edges (ascending int64) estimated from a sample of lengths.
 
     Bucket ``k`` holds lengths in ``(edges[k-1], edges[k]]``; lengths above the last edge form the
@@ -69,6 +74,36 @@ def _padded(lengths: np.ndarray, multiple: int | None) -> np.ndarray:
     return lengths
 
 
+@dataclasses.dataclass
+class BatchPlan:
+    """Batches of indices in bucket order (the caller shuffles the order).
+
+    Only the last batch may be partial (fewer rows than its bucket allows); ``last_is_partial``
+    says whether it is.
+    """
+
+    batches: list[np.ndarray]
+    last_is_partial: bool
+
+
+def _deal(count: int, num_batches: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Batch ids for ``count`` length-sorted items dealt into ``num_batches`` equal batches.
+
+    Without ``rng`` batches are contiguous runs (the tightest). With ``rng`` the sorted items are
+    cut into strata of ``num_batches`` neighbours (at a random offset) and each stratum gives one
+    item to every batch in random order: every batch spans the bucket evenly, and items of
+    nearly equal length rarely meet in a batch again the next epoch.
+    """
+    rows = count // num_batches
+    if rng is None:
+        return np.arange(count) // rows
+    stratum = (np.arange(count) + rng.integers(num_batches)) // num_batches
+    order = np.lexsort((rng.random(count), stratum))
+    batch_id = np.empty(count, dtype=np.int64)
+    batch_id[order] = np.arange(count) % num_batches
+    return batch_id
+
+
 def plan_batches(
     lengths: np.ndarray,
     *,
@@ -78,40 +113,58 @@ def plan_batches(
     max_tokens: int | None = None,
     max_batch_size: int | None = None,
     pad_to_multiple_of: int | None = None,
-) -> list[np.ndarray]:
-    """Cut ``lengths`` into batches of indices, in bucket order (the caller shuffles the order).
+) -> BatchPlan:
+    """Cut ``lengths`` into batches of indices, bucket by bucket, shortest bucket first.
 
-    Exactly one of ``batch_size`` / ``max_tokens``. With ``max_tokens`` every batch satisfies
-    ``rows * max(1, padded longest) <= max_tokens`` provided every single example does (callers
-    handle oversize examples first). With ``rng=None`` the order within a bucket is the input
-    order. Only the last batch returned may be partial. Cost: one numpy pass per batch.
+    Exactly one of ``batch_size`` / ``max_tokens``. In each bucket (plus the items rolled over
+    from the previous one) the rows per batch are ``batch_size``, or ``max_tokens // longest``
+    (the longest rounded up to ``pad_to_multiple_of``, at least 1), capped by ``max_batch_size``.
+    The bucket's shortest items fill whole batches, dealt by :func:`_deal`; the few longest
+    left over roll into the next, longer bucket. The last bucket ends with one partial batch.
+    So every batch satisfies ``rows * max(1, padded longest) <= max_tokens`` provided every single
+    example does (callers handle oversize examples first). ``rng=None`` gives the same
+    length-sorted batches every time. Cost: one sort per bucket, no Python loop over items.
     """
-    n = lengths.size
-    if n == 0:
-        return []
+    if (batch_size is None) == (max_tokens is None):
+        raise ValueError("give exactly one of batch_size or max_tokens")
+    if lengths.size == 0:
+        return BatchPlan([], False)
+    if max_tokens is not None:
+        # Long rows: a bucket never spans two values of max_tokens // length among the first
+        # few, so a bucket of long items is not cut to the rows its very longest item allows.
+        boundaries = np.union1d(boundaries, max_tokens // np.arange(1, _ROW_CLASSES + 1))
     bucket = np.searchsorted(boundaries, lengths, side="left")
-    if rng is None:
-        order = np.argsort(bucket, kind="stable")
-    else:
-        order = np.lexsort((rng.random(n), bucket))
-    if batch_size is not None:
-        rows = batch_size if max_batch_size is None else min(batch_size, max_batch_size)
-        return np.split(order, np.arange(rows, n, rows))
+    ties = rng.random(lengths.size) if rng is not None else np.arange(lengths.size)
+    by_bucket = np.lexsort((ties, lengths, bucket))
+    starts = np.searchsorted(bucket[by_bucket], np.arange(int(bucket.max()) + 2))
+    cost_length = np.maximum(_padded(lengths, pad_to_multiple_of), 1)
 
-    cost_length = np.maximum(_padded(lengths[order], pad_to_multiple_of), 1)
-    lower_edge = np.concatenate(([1], np.maximum(boundaries, 1)))[bucket[order]]
-    row_cap = n if max_batch_size is None else max_batch_size
-    batches = []
-    start = 0
-    while start < n:
-        # Every later example is in this bucket or a longer one, so this caps the rows.
-        window = min(n - start, row_cap, max_tokens // int(lower_edge[start]) + 1)
-        longest = np.maximum.accumulate(cost_length[start : start + window])
-        cost = longest * np.arange(1, window + 1)
-        rows = max(1, int(np.searchsorted(cost, max_tokens, side="right")))
-        batches.append(order[start : start + rows])
-        start += rows
-    return batches
+    batches: list[np.ndarray] = []
+    carry = np.zeros(0, dtype=np.int64)
+    last_is_partial = False
+    num_buckets = starts.size - 1
+    for k in range(num_buckets):
+        members = by_bucket[starts[k]:starts[k + 1]]
+        if members.size == 0 and carry.size == 0:
+            continue
+        # Carried items come from the previous bucket, so they are the shortest here.
+        items = np.concatenate([carry, members])
+        if batch_size is not None:
+            rows = batch_size
+        else:
+            rows = max(1, max_tokens // int(cost_length[items[-1]]))
+        if max_batch_size is not None:
+            rows = min(rows, max_batch_size)
+        full = items.size // rows
+        dealt, carry = items[: full * rows], items[full * rows:]
+        if full:
+            batch_id = _deal(dealt.size, full, rng)
+            grouped = dealt[np.argsort(batch_id, kind="stable")]
+            batches.extend(grouped.reshape(full, rows))
+        if k == num_buckets - 1 and carry.size:
+            batches.append(carry)
+            last_is_partial = True
+    return BatchPlan(batches, last_is_partial)
 
 
 @dataclasses.dataclass
@@ -210,7 +263,7 @@ class BucketBatcher(BaseNode[list[dict]]):
         seed: int = 0,
         drop_last: bool = False,
         pad_to_multiple_of: int | None = None,
-        num_buckets: int = 64,
+        num_buckets: int = 66,
         boundaries: Sequence[int] | None = None,
         buffer_size: int = 20_000,
         sample_size: int = 100_000,
@@ -315,12 +368,13 @@ class BucketBatcher(BaseNode[list[dict]]):
                     stats.truncated_oversize = int(oversize.size)
         self._ensure_boundaries(lengths[keep])
         rng = self._rng(epoch, chunk) if self.shuffle else None
-        batches = [keep[b] for b in plan_batches(
+        plan = plan_batches(
             lengths[keep], boundaries=self._boundaries, rng=rng, batch_size=self.batch_size,
             max_tokens=self.max_tokens, max_batch_size=self.max_batch_size,
             pad_to_multiple_of=self.pad_to_multiple_of,
-        )]
-        if self.drop_last and batches and self._is_partial(batches[-1], lengths):
+        )
+        batches = [keep[b] for b in plan.batches]
+        if self.drop_last and plan.last_is_partial:
             stats.dropped_last = int(batches.pop().size)
         if self.world_size > 1:
             batches, stats.padding_repeats = self._divisible(batches)
@@ -331,17 +385,6 @@ class BucketBatcher(BaseNode[list[dict]]):
             longest = max(range(len(batches)), key=lambda i: (lengths[batches[i]].max(), batches[i].size))
             batches.insert(0, batches.pop(longest))
         return batches, stats
-
-    def _is_partial(self, batch: np.ndarray, lengths: np.ndarray) -> bool:
-        if self.batch_size is not None:
-            return batch.size < min(self.batch_size, self.max_batch_size or self.batch_size)
-        # The last batch of the sequential pass ended because the data ran out, unless one more
-        # row of its own longest length would not have fitted.
-        longest = max(1, int(_padded(lengths[batch], self.pad_to_multiple_of).max()))
-        rows_fit = self.max_tokens // longest
-        if self.max_batch_size is not None:
-            rows_fit = min(rows_fit, self.max_batch_size)
-        return batch.size < rows_fit
 
     def _divisible(self, batches: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
         """Split (or, failing that, pad) the batch list to a multiple of ``world_size``."""
