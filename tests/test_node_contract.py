@@ -19,6 +19,9 @@ from seqbucket_plugin.datapipes import (
     MapDatasetSource,
     Pack,
     PackedBatch,
+    Pipe,
+    TextTokenizer,
+    TokenizeNode,
 )
 from seqbucket_plugin.testing import check_save_load_state
 
@@ -37,6 +40,15 @@ def _ids(items):
         else:
             out.append(item["id"])
     return out
+
+
+TEXTS = [{"text": " ".join(["a", "b", "c", "d"][: 1 + i % 4] * (1 + i % 9)), "label": i % 2, "id": i}
+         for i in range(120)]
+TOKENIZER = TextTokenizer.train([t["text"] for t in TEXTS], kind="word")
+
+
+def _text_stream():
+    return IterableDatasetSource(datasets.Dataset.from_list(TEXTS).to_iterable_dataset(num_shards=3))
 
 
 def _map_source():
@@ -62,6 +74,12 @@ NODE_FACTORIES = {
     "BucketBatcher/no-shuffle": lambda: BucketBatcher(_map_source(), max_tokens=128, shuffle=False),
     "Pack/map": lambda: Pack(BucketBatcher(_map_source(), max_tokens=128), pad_to_multiple_of=8),
     "Pack/stream": lambda: Pack(BucketBatcher(_stream_source(), max_tokens=128, buffer_size=100)),
+    "TokenizeNode": lambda: TokenizeNode(_text_stream(), TOKENIZER, batch_size=16, max_length=20),
+    "Pipe/stream/tokenize+bucket+pack": lambda: Pipe.from_hf(
+        datasets.Dataset.from_list(TEXTS).to_iterable_dataset(num_shards=2)
+    ).tokenize(TOKENIZER, batch_size=32).bucket_batch(max_tokens=64, buffer_size=50).pack().node,
+    "Pipe/map/tokenize+bucket+pack+prefetch": lambda: Pipe.from_hf(datasets.Dataset.from_list(TEXTS))
+    .tokenize(TOKENIZER, keep_columns=["id"]).bucket_batch(max_tokens=64).pack().prefetch(2).node,
 }
 
 
