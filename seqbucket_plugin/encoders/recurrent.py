@@ -3,15 +3,20 @@
 Two exact execution strategies give the same results (to float rounding):
 
 ``padded_exact`` (the default on CPU)
-    No ``PackedSequence``. Rows are taken longest first; time is cut at the distinct lengths of
-    the batch into segments, and each segment runs over only the rows still active in it, with
-    the state carried over from the previous segment. Long segments go through the fused RNN
-    kernel (oneDNN on CPU), short ones (the ragged tail of a bucketed batch) through the fused
-    cell, step by step. No step is ever computed on padding, so outputs *and* final states
-    (``h_n`` and ``c_n``) are exact at each sequence's true end. The reverse direction runs the
-    same way on per-sequence reversed inputs (a gather with index ``len - 1 - t`` built from the
-    CPU lengths) and is un-reversed with the same gather. Multi-layer bidirectional encoders run
-    layer by layer, since each layer needs both directions of the one below.
+    No ``PackedSequence``. Rows are taken longest first and time is cut at the distinct lengths
+    of the batch; consecutive cuts are merged into groups of at least ``min_kernel_steps`` steps.
+    Each group runs once through the fused RNN kernel (oneDNN on CPU) over the rows still active
+    at its start, from the exact state left by the previous group, so (with right padding) every
+    real position's output is exact, and rows that end at a group boundary leave with their
+    exact final state. For a row that ends *inside* a group, ``h_n`` is its output at
+    ``len - 1`` and the LSTM cell state ``c_n`` is recomputed exactly from the known outputs
+    (all gates of the group in one matmul, then a few element-wise steps). Positions past a
+    row's end are zeroed. Padding is computed only inside a group (a bucketed batch's ragged
+    tail), never over the bulk. The reverse direction runs the same way on per-sequence reversed
+    inputs (an index ``len - 1 - t`` built from the CPU lengths) and is un-reversed with the same
+    index. Multi-layer bidirectional encoders run layer by layer, since each layer needs both
+    directions of the one below. All indices come from the CPU lengths: no host-device
+    synchronisation.
 
 ``packed`` (the default on CUDA, where cuDNN's packed kernels are fast)
     Each layer runs once over a :class:`~torch.nn.utils.rnn.PackedSequence`.
@@ -67,7 +72,8 @@ class RecurrentEncoder(SequenceEncoder):
         pooling: see :class:`~seqbucket_plugin.encoders.Pooler`.
         strategy: ``"auto"`` (``packed`` on CUDA, ``padded_exact`` elsewhere), ``"packed"`` or
             ``"padded_exact"``; a per-call ``strategy=`` overrides it.
-        min_kernel_steps: in ``padded_exact``, segments shorter than this run cell by cell.
+        min_kernel_steps: in ``padded_exact``, the shortest run of time steps given to one kernel
+            call (shorter length segments are merged).
     """
 
     strategies = ("padded_exact", "packed")
@@ -88,7 +94,7 @@ class RecurrentEncoder(SequenceEncoder):
         forget_bias: float = 1.0,
         pooling: str | Sequence[str] | None = "last",
         strategy: str = "auto",
-        min_kernel_steps: int = 8,
+        min_kernel_steps: int = 16,
     ):
         mode = mode.lower()
         if mode not in ("lstm", "gru"):
@@ -233,20 +239,22 @@ class RecurrentEncoder(SequenceEncoder):
         return plan
 
     def _kernel(self, x, state, w):
-        """Fused RNN over ``x (n, s, D)`` batch-first from ``state`` (each ``(n, H)``)."""
+        """Fused RNN over time-major ``x (s, n, D)`` from ``state`` (each ``(n, H)``)."""
         if self.mode == "lstm":
             out, h, c = _VF.lstm(x, (state[0].unsqueeze(0), state[1].unsqueeze(0)), w, True, 1, 0.0,
-                                 self.training, False, True)
+                                 self.training, False, False)
             return out, (h.squeeze(0), c.squeeze(0))
-        out, h = _VF.gru(x, state[0].unsqueeze(0), w, True, 1, 0.0, self.training, False, True)
+        out, h = _VF.gru(x, state[0].unsqueeze(0), w, True, 1, 0.0, self.training, False, False)
         return out, (h.squeeze(0),)
 
-    def _lstm_cells_c(self, x, h_prev, c0, w):
+    @staticmethod
+    def _lstm_cells_c(x, h_prev, c0, w):
         """Exact cell states of an LSTM whose hidden outputs are known.
 
-        ``x (r, s, D)`` inputs, ``h_prev (r, s, H)`` the hidden state *entering* each step, ``c0 (r, H)``
-        the cell state entering the first step. Returns ``(r, s, H)`` cell states. The gates of all
-        steps come from one matmul; only the cheap element-wise recurrence runs step by step.
+        Time-major ``x (s, r, D)`` inputs, ``h_prev (s, r, H)`` the hidden state *entering* each
+        step, ``c0 (r, H)`` the cell state entering the first step. Returns ``(s, r, H)`` cell
+        states. The gates of all steps come from one matmul; only the cheap element-wise
+        recurrence runs step by step.
         """
         w_ih, w_hh, b_ih, b_hh = w
         gates = torch.matmul(x, w_ih.t()) + torch.matmul(h_prev, w_hh.t()) + (b_ih + b_hh)
@@ -254,10 +262,10 @@ class RecurrentEncoder(SequenceEncoder):
         ig = torch.sigmoid(i) * torch.tanh(g)
         f = torch.sigmoid(f)
         c, cs = c0, []
-        for j in range(x.size(1)):
-            c = torch.addcmul(ig[:, j], f[:, j], c)
+        for j in range(x.size(0)):
+            c = torch.addcmul(ig[j], f[j], c)
             cs.append(c)
-        return torch.stack(cs, 1)
+        return torch.stack(cs, 0)
 
     @staticmethod
     def _groups(plan: list[tuple[int, int, int]], min_steps: int) -> list[tuple[int, int, int, int]]:
@@ -279,74 +287,77 @@ class RecurrentEncoder(SequenceEncoder):
         return groups
 
     def _run_direction(self, x, lens, groups, mask, w):
-        """One direction over ``x (n0, T, D)`` (rows sorted by length, descending).
+        """One direction over time-major ``x (T, n0, D)`` (rows sorted by length, descending).
 
         Each group of segments runs through the fused kernel over the rows active at its start,
         from the exact state of the previous group. Rows that end inside a group take their final
         hidden state from the outputs at ``len - 1``; their LSTM cell state is recomputed exactly
-        from those outputs (:meth:`_lstm_cells_c`). Padded positions are zeroed.
+        from those outputs (:meth:`_lstm_cells_c`). Outputs are zero at padded positions.
         """
-        n0, H = x.size(0), self.hidden_size
+        n0, H = x.size(1), self.hidden_size
         lstm = self.mode == "lstm"
         state = tuple(x.new_zeros(n0, H) for _ in range(2 if lstm else 1))
         outs, done = [], []
-        for start, end, n, n_end in groups:
-            xs = x[:n, start:end]
+        for gi, (start, end, n, n_end) in enumerate(groups):
+            xs = x[start:end, :n]
             out, new_state = self._kernel(xs, state, w)
             if n_end < n:  # rows n_end..n-1 end strictly inside this group
                 pos = torch.tensor([lens[r] - 1 - start for r in range(n_end, n)])
-                pos_dev = to_device_index(pos, x.device)
-                rows = out[n_end:n]
-                h_fin = rows.gather(1, pos_dev.view(-1, 1, 1).expand(-1, 1, H)).squeeze(1)
+                pos_dev = to_device_index(pos, x.device).view(1, -1, 1).expand(1, -1, H)
+                rows = out[:, n_end:n]
+                h_fin = rows.gather(0, pos_dev).squeeze(0)
                 fin = (h_fin,)
                 if lstm:
                     s = int(pos.max()) + 1
-                    h_prev = torch.cat([state[0][n_end:n].unsqueeze(1), rows[:, : s - 1]], 1)
-                    cs = self._lstm_cells_c(xs[n_end:n, :s], h_prev, state[1][n_end:n], w)
-                    fin = (h_fin, cs.gather(1, pos_dev.view(-1, 1, 1).expand(-1, 1, H)).squeeze(1))
+                    h_prev = torch.cat([state[0][n_end:n].unsqueeze(0), rows[: s - 1]], 0)
+                    cs = self._lstm_cells_c(xs[:s, n_end:n], h_prev, state[1][n_end:n], w)
+                    fin = (h_fin, cs.gather(0, pos_dev).squeeze(0))
                 done.append(fin)
                 new_state = tuple(t[:n_end] for t in new_state)
+                out = out * mask[start:end, :n]  # the kernel ran past those rows' ends
             state = new_state
-            outs.append(F.pad(out, (0, 0, 0, 0, 0, n0 - n)))
+            outs.append(out if n == n0 else F.pad(out, (0, 0, 0, n0 - n)))
             # rows that end exactly at `end` leave here with an exact state
-            n_next = next((g[2] for g in groups if g[0] == end), 0)
+            n_next = groups[gi + 1][2] if gi + 1 < len(groups) else 0
             if n_next < n_end:
                 done.append(tuple(t[n_next:n_end] for t in state))
                 state = tuple(t[:n_next] for t in state)
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
-        out = out * mask.unsqueeze(-1)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
         finals = [torch.cat([d[k] for d in reversed(done)], 0) for k in range(len(state))]
         return out, finals
 
     def _run_padded(self, x, lens, weights, between):
+        """``x (n0, T, D)`` batch-first, sorted, every row non-empty; runs time-major inside."""
         n0, T = x.size(0), x.size(1)
         groups = self._groups(self._plan(lens), self.min_kernel_steps)
         lens_t = torch.tensor(lens)
-        mask = to_device_index(torch.arange(T).unsqueeze(0) < lens_t.unsqueeze(1), x.device).to(x.dtype)
+        t = torch.arange(T).unsqueeze(1)  # (T, 1)
+        L = lens_t.unsqueeze(0)  # (1, n0)
+        mask = to_device_index(t < L, x.device).to(x.dtype).unsqueeze(-1)  # (T, n0, 1)
         rev = None
         if self.bidirectional:
-            t = torch.arange(T).unsqueeze(0)
-            L = lens_t.unsqueeze(1)
-            rev = to_device_index(torch.where(t < L, L - 1 - t, t), x.device).unsqueeze(-1)
+            # time-major flat index of the per-sequence reversal (an involution: also un-reverses)
+            src = torch.where(t < L, L - 1 - t, t) * n0 + torch.arange(n0).unsqueeze(0)
+            rev = to_device_index(src.reshape(-1), x.device)
         finals: list[list[torch.Tensor]] = [[], []]
-        inp = x
+        inp = x.transpose(0, 1).contiguous()
         for layer, per_dir in enumerate(weights):
             outs = []
             for d, w in enumerate(per_dir):
                 if d == 0:
                     out, fin = self._run_direction(inp, lens, groups, mask, w)
                 else:
-                    xr = inp.gather(1, rev.expand(-1, -1, inp.size(-1)))
+                    xr = inp.reshape(T * n0, -1).index_select(0, rev).view(T, n0, -1)
                     out, fin = self._run_direction(xr, lens, groups, mask, w)
-                    out = out.gather(1, rev.expand(-1, -1, out.size(-1)))
+                    out = out.reshape(T * n0, -1).index_select(0, rev).view(T, n0, -1)
                 outs.append(out)
                 for k, f in enumerate(fin):
                     finals[k].append(f)
             inp = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
-            if layer < self.num_layers - 1:
+            if layer < self.num_layers - 1 and self.training and self.dropout > 0:
                 m = between[layer]
-                inp = self._apply_dropout(inp, self.dropout, None if m is None else m[:n0])
-        return inp, [torch.stack(f, 0) for f in finals if f]
+                inp = F.dropout(inp, p=self.dropout, training=True) if m is None else inp * m[:n0].unsqueeze(0)
+        return inp.transpose(0, 1), [torch.stack(f, 0) for f in finals if f]
 
     # ------------------------------------------------------------------ packed
     def _run_packed(self, x, lens, weights, between):

@@ -1,0 +1,201 @@
+"""Forward+backward tokens/s of the recurrent encoders on IMDB-length batches.
+
+Model: embedding 64 + 1-layer BiLSTM 128 (the issue's setting); loss = sum of the token states
+(plus nothing else), so every configuration does the same work. Compared on the *same* batches:
+
+* ``padded nn.LSTM``   - plain ``nn.LSTM(bidirectional=True)`` on the padded batch: inexact in
+  the reverse direction (it starts in the padding), but the speed limit on CPU;
+* ``hand-written packed`` - ``pack_padded_sequence -> nn.LSTM -> pad_packed_sequence``;
+* ``seqbucket auto``   - ``create_encoder("bilstm")`` with the automatic strategy (exact);
+* ``seqbucket <strategy>`` - each strategy forced.
+
+Batches of 32 from a random sample of 1,600 training reviews: ``random`` (shuffled order) and
+``bucketed`` (sorted by length, then chunked; batch order shuffled). To keep the run to a few
+minutes, every ``--every``-th batch is timed (the same batches for every configuration; with
+bucketing this still spans short to long reviews). Reported: median over ``--repeats`` passes of
+real tokens / seconds.
+
+Run from the project root:  python benchmarks/bench_encoders.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from seqbucket_plugin.encoders import create_encoder  # noqa: E402
+
+IMDB = ROOT.parent / "shared" / "data" / "imdb" / "train.parquet"
+TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def imdb_lengths(sample: int, seed: int) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    texts = pq.read_table(IMDB, columns=["text"]).column("text").to_pylist()
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(texts), size=sample, replace=False)
+    return np.array([len(TOKEN.findall(texts[i].lower())) for i in chosen], dtype=np.int64)
+
+
+def make_batches(lengths: np.ndarray, batch_size: int, bucketed: bool, seed: int, vocab: int):
+    rng = np.random.default_rng(seed)
+    order = np.argsort(-lengths, kind="stable") if bucketed else rng.permutation(len(lengths))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucketed:
+        rng.shuffle(chunks)
+    batches = []
+    g = torch.Generator().manual_seed(seed)
+    for idx in chunks:
+        lens = torch.from_numpy(lengths[idx])
+        lens, _ = torch.sort(lens, descending=True)  # what a PackedBatch carries
+        T = int(lens[0])
+        ids = torch.randint(1, vocab, (len(idx), T), generator=g)
+        ids[torch.arange(T).unsqueeze(0) >= lens.unsqueeze(1)] = 0
+        batches.append((ids, lens))
+    return batches
+
+
+class Baseline(nn.Module):
+    def __init__(self, vocab, emb, hidden, packed: bool):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, emb, padding_idx=0)
+        self.lstm = nn.LSTM(emb, hidden, batch_first=True, bidirectional=True)
+        self.packed = packed
+
+    def forward(self, ids, lens):
+        x = self.embedding(ids)
+        if self.packed:
+            p = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=True)
+            y, _ = self.lstm(p)
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=ids.size(1))
+        else:
+            y, _ = self.lstm(x)
+        return y
+
+
+class Ours(nn.Module):
+    def __init__(self, vocab, emb, hidden, strategy):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, emb, padding_idx=0)
+        self.encoder = create_encoder("bilstm", input_size=emb, hidden_size=hidden, strategy=strategy)
+
+    def forward(self, ids, lens):
+        return self.encoder(self.embedding(ids), lens).states
+
+
+def time_model(model, batches, repeats):
+    tokens = sum(int(lens.sum()) for _, lens in batches)
+    ids, lens = batches[0]
+    model(ids, lens).sum().backward()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for ids, lens in batches:
+            model.zero_grad(set_to_none=True)
+            model(ids, lens).sum().backward()
+        rates.append(tokens / (time.perf_counter() - start))
+    return statistics.median(rates), rates
+
+
+def exactness(vocab, emb, hidden, batch):
+    """Max |difference| from per-sequence reference, for the exact encoder and plain padded nn.LSTM."""
+    torch.manual_seed(0)
+    ours = Ours(vocab, emb, hidden, "auto").eval()
+    base = Baseline(vocab, emb, hidden, packed=False).eval()
+    base.embedding.load_state_dict(ours.embedding.state_dict())
+    base.lstm.load_state_dict({k: v for k, v in ours.encoder.state_dict().items() if not k.startswith("pooler")})
+    ids, lens = batch
+    with torch.no_grad():
+        a, b = ours(ids, lens), base(ids, lens)
+        err_ours = err_pad = 0.0
+        for i in range(len(lens)):
+            n = int(lens[i])
+            ref, _ = base.lstm(base.embedding(ids[i : i + 1, :n]))
+            err_ours = max(err_ours, (a[i, :n] - ref[0]).abs().max().item())
+            err_pad = max(err_pad, (b[i, :n] - ref[0]).abs().max().item())
+    return err_ours, err_pad
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sample", type=int, default=1600)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--every", type=int, default=4, help="time every k-th batch (1 = all)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--slow-repeats", type=int, default=1, help="passes for the packed configurations on CPU")
+    ap.add_argument("--embedding", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--skip-slow", action="store_true", help="skip the packed configurations on CPU")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    if not IMDB.exists():
+        print("IMDB not found at ../shared/data/imdb/train.parquet (relative to the project root); skipping.")
+        return
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    lengths = imdb_lengths(args.sample, args.seed)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
+          f"device {device}; {len(lengths)} reviews, lengths median {int(np.median(lengths))} "
+          f"mean {lengths.mean():.0f} max {lengths.max()}")
+
+    results = {}
+    for mode in ("random", "bucketed"):
+        batches = make_batches(lengths, args.batch_size, mode == "bucketed", args.seed, args.vocab)[:: args.every]
+        batches = [(ids.to(device), lens) for ids, lens in batches]
+        real = sum(int(lens.sum()) for _, lens in batches)
+        padded = sum(ids.numel() for ids, _ in batches)
+        print(f"\n{mode}: {len(batches)} timed batches, {real} real tokens, padding efficiency {real / padded:.2f}")
+        if mode == "bucketed":
+            widest = max(batches, key=lambda b: int(b[1][0] - b[1][-1]))
+            e_ours, e_pad = exactness(args.vocab, args.embedding, args.hidden, widest)
+            print(f"  exactness vs per-sequence nn.LSTM: seqbucket max|diff| {e_ours:.1e}; padded nn.LSTM {e_pad:.1e}")
+        configs = [("padded nn.LSTM (inexact)", lambda: Baseline(args.vocab, args.embedding, args.hidden, False))]
+        slow = device.type == "cpu" and args.skip_slow
+        if not slow:
+            configs.append(("hand-written packed", lambda: Baseline(args.vocab, args.embedding, args.hidden, True)))
+        configs.append(("seqbucket auto", lambda: Ours(args.vocab, args.embedding, args.hidden, "auto")))
+        for strategy in ("padded_exact", "packed"):
+            if strategy == "packed" and slow:
+                continue
+            configs.append((f"seqbucket {strategy}", lambda s=strategy: Ours(args.vocab, args.embedding, args.hidden, s)))
+        for name, build in configs:
+            torch.manual_seed(args.seed)
+            model = build().to(device).train()
+            is_slow = device.type == "cpu" and "packed" in name
+            rate, rates = time_model(model, batches, args.slow_repeats if is_slow else args.repeats)
+            results[f"{mode}/{name}"] = rate
+            print(f"  {name:28s} {rate:10.0f} tokens/s   (passes: {', '.join(f'{r:.0f}' for r in rates)})")
+
+    print("\nratios (targets in benchmarks/RESULTS_encoders.md):")
+    auto_b = results["bucketed/seqbucket auto"]
+    lines = [("bucketed auto / bucketed padded nn.LSTM", auto_b / results["bucketed/padded nn.LSTM (inexact)"], 0.8)]
+    if "bucketed/hand-written packed" in results:
+        lines.append(("bucketed auto / bucketed hand-written packed", auto_b / results["bucketed/hand-written packed"], 5.0))
+    lines.append(("bucketed auto / random padded nn.LSTM", auto_b / results["random/padded nn.LSTM (inexact)"], 4.0))
+    for label, value, target in lines:
+        print(f"  {label:48s} {value:6.2f}x  (target >= {target}x: {'met' if value >= target else 'NOT met'})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
