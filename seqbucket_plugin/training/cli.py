@@ -1,0 +1,136 @@
+"""Command-line plumbing shared by the recipes: JSON configs as argparse defaults, the effective
+config saved with the run, and clean failures (a message and exit status 2, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from seqbucket_plugin.errors import SeqBucketError
+
+__all__ = ["RecipeError", "add_common_arguments", "load_config", "parse_args", "run_main", "save_config"]
+
+CONFIG_FILE = "config.json"
+
+
+class RecipeError(SeqBucketError):
+    """A bad argument or input of a recipe; the recipe prints it and exits with status 2."""
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON config (an object mapping option names, with ``_`` not ``-``, to values).
+
+    Raises:
+        RecipeError: missing file or invalid JSON.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError as err:
+        raise RecipeError(f"config file not found: {os.fspath(path)}") from err
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"{os.fspath(path)}: not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise RecipeError(f"{os.fspath(path)}: a config must be a JSON object")
+    return {k.replace("-", "_"): v for k, v in config.items() if not k.startswith("_")}
+
+
+def save_config(config: dict[str, Any], output_dir: str | os.PathLike) -> str:
+    """Write the effective config as ``config.json`` in ``output_dir``; returns its path."""
+    path = os.path.join(os.fspath(output_dir), CONFIG_FILE)
+    os.makedirs(os.fspath(output_dir), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return path
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both recipes share (defaults come from the config file, see :func:`parse_args`)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--train-file", help="training file (format from the suffix); none: generated data")
+    data.add_argument("--dev-file", help="dev file (default: 10%% of the training file)")
+    data.add_argument("--test-file", help="test file (default: none, or the dataset's test split)")
+    data.add_argument("--dataset", help="a Hugging Face Hub dataset name (needs internet), instead of files")
+    data.add_argument("--max-length", type=int, help="truncate examples to this many tokens")
+    batching = parser.add_argument_group("batching")
+    batching.add_argument("--max-tokens", type=int, help="token budget per batch, padding included")
+    batching.add_argument("--batch-size", type=int, help="fixed rows per batch (instead of --max-tokens)")
+    batching.add_argument("--batching", choices=["bucket", "naive"],
+                          help="bucket: length buckets (default); naive: batches across all lengths, "
+                               "fixed --batch-size, the model runs over the padding (baseline)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--encoder", help="a registered encoder name (see list_encoders())")
+    model.add_argument("--embedding-dim", type=int)
+    model.add_argument("--hidden-size", type=int)
+    model.add_argument("--num-layers", type=int)
+    model.add_argument("--dropout", type=float)
+    model.add_argument("--vocab-size", type=int)
+    model.add_argument("--min-frequency", type=int)
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (0: no cap)")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--warmup-ratio", type=float)
+    train.add_argument("--clip-norm", type=float)
+    train.add_argument("--patience", type=int, help="early stopping: evaluations without improvement (0: off)")
+    train.add_argument("--eval-every", type=int, help="evaluate every N steps (0: at epoch ends only)")
+    train.add_argument("--save-every", type=int, help="checkpoint every N steps (and at epoch ends)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
+    train.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                       help="no mixed precision on CUDA")
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", help="where the config, tokenizer, labels, model, metrics and plots go")
+    run.add_argument("--resume", action="store_true", default=None,
+                     help="continue from the checkpoint in --output-dir")
+    run.add_argument("--predict", metavar="FILE",
+                     help="predict with the trained model in --output-dir ('-' reads stdin); no training")
+    run.add_argument("--predictions", metavar="FILE", help="where --predict writes JSON Lines (default stdout)")
+
+
+def parse_args(argv: Sequence[str] | None, description: str, default_config: str,
+               add_task_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """Parse ``argv`` with defaults from ``--config`` (default ``default_config``).
+
+    Every option has a value afterwards: the command line wins over the config file. Raises
+    ``SystemExit(2)`` (argparse's usual behaviour) on unknown options, and :class:`RecipeError`
+    on an unreadable config or a config key that is not an option.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=default_config)
+    known, _ = pre.parse_known_args(argv)
+    config = load_config(known.config)
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=default_config, help="JSON config with the defaults of every option")
+    add_common_arguments(parser)
+    add_task_arguments(parser)
+    options = {a.dest for a in parser._actions}
+    unknown = sorted(set(config) - options)
+    if unknown:
+        raise RecipeError(f"{known.config}: unknown config keys {unknown}")
+    parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    for flag, default in (("amp", True), ("progress", True), ("resume", False)):
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+    return args
+
+
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
+    """Run a recipe's ``main`` as a script: documented errors print ``error: ...`` on stderr and
+    exit with status 2; anything else propagates (a bug should show its traceback)."""
+    try:
+        main(argv)
+    except (SeqBucketError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,415 @@
+"""The training loop shared by the recipes.
+
+:class:`Trainer` runs AdamW with gradient clipping and a linear warm-up / linear decay schedule,
+evaluates on the dev set (every ``eval_every`` steps and at the end of every epoch), keeps the
+best model, stops early after ``patience`` evaluations without improvement, shows a progress bar
+per epoch (loss, tokens/s, padding efficiency) and appends one JSON line per evaluation to
+``log.jsonl``. On CUDA it uses mixed precision (bf16 where supported, else fp16 with a gradient
+scaler); batches stay on the CPU until the step moves them (``non_blocking`` from pinned memory).
+
+Resume: ``checkpoint.pt`` in the output directory holds the model, optimizer, scheduler (and
+gradient scaler), every RNG state, the training loader's ``state_dict()`` and the loop counters and
+history. It is written atomically every ``save_every`` steps and at the end of every epoch.
+``fit(resume=True)`` restores it and continues mid-epoch; on the CPU the finished run has exactly
+the weights and metrics of an uninterrupted one (the pipeline, dropout masks and optimizer follow
+the same sequence). Dev evaluation never draws random numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from seqbucket_plugin.errors import SeqBucketError
+from seqbucket_plugin.training.checkpoint import (
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+
+__all__ = ["StepOutput", "TrainConfig", "Trainer", "linear_warmup_decay", "resolve_device"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_MODEL_FILE = "best_model.pt"
+LOG_FILE = "log.jsonl"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; ``"cpu"``; ``"cuda"`` (or ``"cuda:N"``).
+
+    Raises:
+        SeqBucketError: CUDA was asked for but is not available, or the name is unknown.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SeqBucketError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        return torch.device(name)
+    raise SeqBucketError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear 0 -> 1 over ``warmup_steps``, then linear 1 -> 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        return max(0.0, 1.0 - (step - warmup_steps) / span)
+
+    return factor
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings (see the recipes' ``--help`` for the command-line names).
+
+    ``metric`` is the dev metric to maximise (a key returned by the evaluate function);
+    ``max_steps`` > 0 caps the optimizer steps over all epochs; ``eval_every`` = 0 evaluates
+    only at epoch ends; ``save_every`` = 0 checkpoints only at epoch ends; ``patience`` = 0
+    disables early stopping.
+    """
+
+    epochs: int = 5
+    max_steps: int = 0
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    clip_norm: float = 1.0
+    patience: int = 3
+    eval_every: int = 0
+    save_every: int = 50
+    metric: str = "accuracy"
+    amp: bool = True
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class StepOutput:
+    """What a training step returns: the loss (detached scalar tensor, any device) and the number
+    of real tokens the step trained on."""
+
+    loss: torch.Tensor
+    tokens: int
+
+
+@dataclass
+class _LoopState:
+    epoch: int = 0
+    step: int = 0
+    epoch_step: int = 0
+    epoch_done: bool = False
+    best_metric: float = -math.inf
+    best_step: int = -1
+    bad_evals: int = 0
+    stopped: bool = False
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    tokens: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class _Progress:
+    """A tqdm bar when stderr is a terminal, else nothing (epoch summaries are printed instead)."""
+
+    def __init__(self, enabled: bool, total: int | None, initial: int, desc: str):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc=desc, leave=True, dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def update(self, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Trains ``model`` on the batches of ``train_loader``; evaluates with ``evaluate``.
+
+    Args:
+        model: the module (moved to ``device`` here).
+        train_loader: a ``torchdata.nodes.Loader`` (``Pipe(...).loader()``) yielding
+            :class:`~seqbucket_plugin.datapipes.PackedBatch` es (CPU tensors); one pass = one epoch.
+            Its ``state_dict()`` goes into the checkpoint.
+        train_step: ``train_step(model, batch, backward) -> StepOutput``. ``batch`` is already on
+            ``device``; the step computes the loss under autocast and calls ``backward(loss)``
+            (possibly several times, e.g. once per chunk with truncated BPTT).
+        evaluate: ``evaluate(model) -> dict[str, float]`` on the dev set (the model is in eval
+            mode, under ``torch.no_grad``); must contain ``config.metric``.
+        config: :class:`TrainConfig`.
+        output_dir: where ``checkpoint.pt``, ``best_model.pt`` and ``log.jsonl`` go.
+        device: a ``torch.device``.
+        steps_per_epoch: batches per epoch (for the schedule and progress bar), if known.
+        batch_stats: optional callable returning the current epoch's
+            :class:`~seqbucket_plugin.datapipes.BatchingStats` (for padding efficiency).
+        log: where one-line messages go (default ``print``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: Any,
+        train_step: Callable[[nn.Module, Any, Callable[[torch.Tensor], None]], StepOutput],
+        evaluate: Callable[[nn.Module], dict[str, float]],
+        config: TrainConfig,
+        output_dir: str | os.PathLike,
+        device: torch.device,
+        *,
+        steps_per_epoch: int | None = None,
+        batch_stats: Callable[[], Any] | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.model = model.to(device)
+        self.loader = train_loader
+        self.train_step = train_step
+        self.evaluate_fn = evaluate
+        self.config = config
+        self.output_dir = os.fspath(output_dir)
+        self.device = device
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_stats = batch_stats
+        self.log = log
+        os.makedirs(self.output_dir, exist_ok=True)
+
+        self.total_steps = self._total_steps()
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() < 2 or "embedding" in name else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+        warmup = int(round(config.warmup_ratio * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup_decay(warmup, self.total_steps))
+        self.use_amp = bool(config.amp) and device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.state = _LoopState()
+
+    # ------------------------------------------------------------------ helpers
+    def _total_steps(self) -> int:
+        per_epoch = self.steps_per_epoch or 0
+        total = per_epoch * self.config.epochs if per_epoch else 0
+        if self.config.max_steps > 0:
+            total = min(total, self.config.max_steps) if total else self.config.max_steps
+        return max(1, total)
+
+    def autocast(self):
+        """The autocast context of a forward pass (mixed precision on CUDA, nothing on the CPU)."""
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.output_dir, CHECKPOINT_FILE)
+
+    @property
+    def best_model_path(self) -> str:
+        return os.path.join(self.output_dir, BEST_MODEL_FILE)
+
+    def save_checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` atomically (see the module docs for its content)."""
+        state = asdict(self.state)
+        state["best_metric"] = float(state["best_metric"])
+        atomic_save({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(cuda=self.device.type == "cuda"),
+            "loader": self.loader.state_dict(),
+            "loop": state,
+        }, self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote.
+
+        Raises:
+            FileNotFoundError: there is no checkpoint in the output directory.
+        """
+        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.loader.load_state_dict(ckpt["loader"])
+        restore_rng_state(ckpt["rng"])
+        self.state = _LoopState(**ckpt["loop"])
+        # the log holds exactly the evaluations of the restored history
+        with open(os.path.join(self.output_dir, LOG_FILE), "w", encoding="utf-8") as f:
+            for record in self.state.history:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, train_loss: float, tokens_per_s: float, efficiency: float | None, elapsed: float) -> bool:
+        """Evaluate on dev, log, keep the best model; True when training should stop early."""
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            metrics = self.evaluate_fn(self.model)
+        self.model.train()
+        if self.config.metric not in metrics:
+            raise SeqBucketError(f"evaluate() returned {sorted(metrics)}, without the metric {self.config.metric!r}")
+        value = float(metrics[self.config.metric])
+        s = self.state
+        improved = value > s.best_metric
+        if improved:
+            s.best_metric, s.best_step, s.bad_evals = value, s.step, 0
+            atomic_save(self.model.state_dict(), self.best_model_path)
+        else:
+            s.bad_evals += 1
+        record = {"step": s.step, "epoch": s.epoch, "train_loss": round(train_loss, 6),
+                  **{f"dev_{k}": v for k, v in metrics.items()},
+                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": round(tokens_per_s, 1),
+                  "padding_efficiency": None if efficiency is None else round(efficiency, 4),
+                  "elapsed_s": round(elapsed, 2), "best": improved}
+        s.history.append(record)
+        with open(os.path.join(self.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = ", ".join(f"dev {k} {v:.4f}" for k, v in metrics.items())
+        self.log(f"step {s.step} (epoch {s.epoch + 1}): train loss {train_loss:.4f}, {shown}, "
+                 f"{tokens_per_s:,.0f} tokens/s" + (f", padding efficiency {efficiency:.1%}" if efficiency else "")
+                 + (" *" if improved else ""))
+        return self.config.patience > 0 and s.bad_evals >= self.config.patience
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train until ``epochs``/``max_steps``/early stopping; returns the evaluation history.
+
+        With ``resume`` and an existing checkpoint, continues from it (a missing checkpoint
+        starts from scratch with a message). The best model is in ``best_model.pt``.
+        """
+        cfg, s = self.config, self.state
+        if resume and os.path.isfile(self.checkpoint_path):
+            self.load_checkpoint()
+            s = self.state
+            self.log(f"resumed from {CHECKPOINT_FILE}: step {s.step}, epoch {s.epoch + 1}"
+                     + (" (epoch finished)" if s.epoch_done else f", batch {s.epoch_step}"))
+        else:
+            if resume:
+                self.log(f"--resume: no {CHECKPOINT_FILE} in the output directory yet, starting from scratch")
+            open(os.path.join(self.output_dir, LOG_FILE), "w").close()
+        if s.epoch_done:
+            s.epoch += 1
+            s.epoch_step = 0
+            s.epoch_done = False
+        self.model.train()
+        start_time = time.perf_counter()
+        elapsed_before = s.history[-1]["elapsed_s"] if s.history else 0.0
+        while not s.stopped and s.epoch < cfg.epochs and not self._out_of_steps():
+            self._run_epoch(start_time, elapsed_before)
+        return s.history
+
+    def _out_of_steps(self) -> bool:
+        return self.config.max_steps > 0 and self.state.step >= self.config.max_steps
+
+    def _run_epoch(self, start_time: float, elapsed_before: float) -> None:
+        cfg, s = self.config, self.state
+        bar = _Progress(cfg.progress, self.steps_per_epoch, s.epoch_step, f"epoch {s.epoch + 1}/{cfg.epochs}")
+        # the epoch's running loss lives on the device (no sync per step); restored sums come first
+        loss_sum = torch.zeros((), device=self.device)
+        train_time = 0.0
+        new_tokens = 0
+
+        def mean_loss() -> float:
+            n = s.loss_n
+            return (s.loss_sum + float(loss_sum)) / n if n else float("nan")
+
+        t_prev = time.perf_counter()
+        for batch in self.loader:  # tokens/s counts loading + step time, not evaluation/checkpoints
+            batch = batch.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.train_step(self.model, batch, self._backward)
+            if cfg.clip_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            s.step += 1
+            s.epoch_step += 1
+            loss_sum += out.loss.detach().float()
+            s.loss_n += 1
+            s.tokens += out.tokens
+            new_tokens += out.tokens
+            train_time += time.perf_counter() - t_prev
+            tps = new_tokens / train_time if train_time > 0 else 0.0
+            eff = self._efficiency()
+            if bar.bar is not None:
+                bar.update(loss=f"{mean_loss():.4f}", tok_s=f"{tps:,.0f}",
+                           pad_eff=f"{eff:.1%}" if eff is not None else "-")
+            if cfg.eval_every > 0 and s.step % cfg.eval_every == 0:
+                if self._evaluate(mean_loss(), tps, eff, elapsed_before + time.perf_counter() - start_time):
+                    s.stopped = True
+            if s.stopped or self._out_of_steps():
+                break
+            if cfg.save_every > 0 and s.step % cfg.save_every == 0:
+                s.loss_sum += float(loss_sum)
+                loss_sum.zero_()
+                self.save_checkpoint()
+            t_prev = time.perf_counter()
+        bar.close()
+        s.loss_sum += float(loss_sum)
+        if s.epoch_step == 0:
+            raise SeqBucketError("the training pipeline yielded no batch: is the training set empty?")
+        tps = new_tokens / train_time if train_time > 0 else 0.0
+        evaluated_here = bool(s.history) and s.history[-1]["step"] == s.step
+        if not evaluated_here:
+            if self._evaluate(mean_loss(), tps, self._efficiency(),
+                              elapsed_before + time.perf_counter() - start_time):
+                s.stopped = True
+        self.log(f"epoch {s.epoch + 1} done: {s.epoch_step} steps, {s.tokens:,} tokens, "
+                 f"{tps:,.0f} tokens/s in training steps")
+        s.epoch_done = True
+        self.save_checkpoint()
+        s.epoch += 1
+        s.epoch_step = 0
+        s.epoch_done = False
+        s.loss_sum, s.loss_n, s.tokens = 0.0, 0, 0
+
+    def _efficiency(self) -> float | None:
+        if self.batch_stats is None:
+            return None
+        stats = self.batch_stats()
+        return None if stats is None or not stats.batches else float(stats.padding_efficiency)
+
+    def load_best(self) -> None:
+        """Load ``best_model.pt`` into the model (no-op when there is none)."""
+        if os.path.isfile(self.best_model_path):
+            self.model.load_state_dict(load_checkpoint(self.best_model_path, map_location=self.device))
+
+
+def iterate_to_device(loader: Iterable, device: torch.device) -> Iterable:
+    """Each batch of ``loader`` moved to ``device`` (``non_blocking``)."""
+    for batch in loader:
+        yield batch.to(device, non_blocking=True)

@@ -1,0 +1,82 @@
+"""Pictures of a run: ``training_curves.png`` and ``lengths.png`` (matplotlib is optional).
+
+Without matplotlib the functions return False and the run says once that plots were skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["plot_lengths", "plot_training_curves", "plots_available"]
+
+_warned = False
+
+
+def plots_available(log: Callable[[str], None] = print) -> bool:
+    """True when matplotlib imports (with the non-interactive Agg backend); says once if not."""
+    global _warned
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:
+        if not _warned:
+            log("plots skipped: matplotlib not installed (pip install 'seqbucket_plugin[plot]')")
+            _warned = True
+        return False
+    return True
+
+
+def plot_training_curves(history: Sequence[dict], metric: str, path: str | os.PathLike,
+                         log: Callable[[str], None] = print) -> bool:
+    """Train loss and dev ``metric`` (key ``dev_<metric>``) per evaluation step, saved to ``path``."""
+    if not history or not plots_available(log):
+        return False
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(steps, [r["train_loss"] for r in history], "o-", color="tab:blue", label="train loss")
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("train loss (mean over the epoch so far)", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(steps, [r.get(f"dev_{metric}") for r in history], "s-", color="tab:red", label=f"dev {metric}")
+    ax2.set_ylabel(f"dev {metric}", color="tab:red")
+    best = [r for r in history if r.get("best")]
+    if best:
+        b = best[-1]
+        ax2.annotate(f"best {b[f'dev_{metric}']:.4f}", (b["step"], b[f"dev_{metric}"]),
+                     textcoords="offset points", xytext=(-40, -15))
+    ax1.set_title("training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_lengths(lengths: np.ndarray, boundaries: Sequence[int] | None, efficiency: float | None,
+                 path: str | os.PathLike, log: Callable[[str], None] = print) -> bool:
+    """Histogram of training lengths (tokens) with the bucket upper edges and the padding
+    efficiency reached, saved to ``path``."""
+    if len(lengths) == 0 or not plots_available(log):
+        return False
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.hist(lengths, bins=min(100, max(10, int(np.sqrt(len(lengths))))), color="tab:gray")
+    for edge in boundaries or []:
+        ax.axvline(edge, color="tab:orange", linewidth=0.6, alpha=0.7)
+    title = f"training lengths: {len(lengths):,} examples, {len(boundaries or [])} bucket edges (orange)"
+    if efficiency is not None:
+        title += f"\npadding efficiency {efficiency:.1%} (real tokens / padded positions)"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("length (tokens)")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
