@@ -380,6 +380,7 @@ class Trainer:
             t_prev = time.perf_counter()
         bar.close()
         s.loss_sum += float(loss_sum)
+        loss_sum.zero_()
         if s.epoch_step == 0:
             raise SeqBucketError("the training pipeline yielded no batch: is the training set empty?")
         tps = new_tokens / train_time if train_time > 0 else 0.0

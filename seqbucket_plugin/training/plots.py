@@ -68,9 +68,10 @@ def plot_lengths(lengths: np.ndarray, boundaries: Sequence[int] | None, efficien
 
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.hist(lengths, bins=min(100, max(10, int(np.sqrt(len(lengths))))), color="tab:gray")
-    for edge in boundaries or []:
+    boundaries = [] if boundaries is None else [int(b) for b in boundaries]
+    for edge in boundaries:
         ax.axvline(edge, color="tab:orange", linewidth=0.6, alpha=0.7)
-    title = f"training lengths: {len(lengths):,} examples, {len(boundaries or [])} bucket edges (orange)"
+    title = f"training lengths: {len(lengths):,} examples, {len(boundaries)} bucket edges (orange)"
     if efficiency is not None:
         title += f"\npadding efficiency {efficiency:.1%} (real tokens / padded positions)"
     ax.set_title(title, fontsize=10)
