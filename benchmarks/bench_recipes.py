@@ -1,0 +1,73 @@
+"""Full recipe runs on the shared real data (not CI): quality targets and bucketing vs. a naive set-up.
+
+    python benchmarks/bench_recipes.py ud          # UD English EWT UPOS: bucketed, then naive
+    python benchmarks/bench_recipes.py imdb        # IMDB: bucketed, then naive
+    python benchmarks/bench_recipes.py all
+
+Each run is one recipe command (printed before it starts) writing to runs/bench/<name>; the script
+prints wall time, metrics.json and run_summary.json of each. Data: ../shared/data relative to the
+project root (skipped with a message when absent). Runs one at a time: they need the whole CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+UD = DATA / "ud_english_ewt"
+IMDB = DATA / "imdb"
+
+RUNS = {
+    "ud": [
+        ("ud_bucket", ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file", f"{UD}/dev.conllu",
+                       "--test-file", f"{UD}/test.conllu", "--tag-column", "upos", "--epochs", "15",
+                       "--patience", "3", "--max-tokens", "2048", "--no-progress"]),
+        ("ud_naive", ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file", f"{UD}/dev.conllu",
+                      "--test-file", f"{UD}/test.conllu", "--tag-column", "upos", "--epochs", "15",
+                      "--patience", "3", "--batching", "naive", "--batch-size", "32", "--no-progress"]),
+    ],
+    "imdb": [
+        ("imdb_bucket", ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
+                         "--test-file", f"{IMDB}/test.parquet", "--max-length", "400", "--truncation", "head+tail",
+                         "--embedding-dim", "128", "--hidden-size", "128", "--epochs", "6", "--patience", "2",
+                         "--max-tokens", "8192", "--lr", "0.002", "--no-progress"]),
+        ("imdb_naive", ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
+                        "--test-file", f"{IMDB}/test.parquet", "--max-length", "400", "--truncation", "head+tail",
+                        "--embedding-dim", "128", "--hidden-size", "128", "--epochs", "6", "--patience", "2",
+                        "--batching", "naive", "--batch-size", "32", "--lr", "0.002", "--no-progress"]),
+    ],
+}
+
+
+def run(name: str, args: list[str]) -> None:
+    out = ROOT / "runs" / "bench" / name
+    cmd = [sys.executable, *args, "--output-dir", str(out)]
+    print("$ python " + " ".join(args) + f" --output-dir runs/bench/{name}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    wall = time.perf_counter() - t0
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((out / "run_summary.json").read_text())
+    print(f"RESULT {name}: wall {wall / 60:.1f} min, metrics {json.dumps(metrics)}, summary {json.dumps(summary)}",
+          flush=True)
+
+
+def main() -> None:
+    which = sys.argv[1] if len(sys.argv) > 1 else "all"
+    for group in (["ud", "imdb"] if which == "all" else [which]):
+        folder = UD if group == "ud" else IMDB
+        if not folder.is_dir():
+            print(f"skipping {group}: {folder.name} not found under ../shared/data")
+            continue
+        for name, args in RUNS[group]:
+            run(name, args)
+
+
+if __name__ == "__main__":
+    main()

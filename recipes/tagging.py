@@ -1,0 +1,265 @@
+"""Sequence tagging (POS, NER...) with word + character features, length bucketing and a
+pack-aware encoder, on a CPU or a GPU.
+
+    python recipes/tagging.py                                     # generated BIO data, < 1 minute on a CPU
+    python recipes/tagging.py --train-file train.conllu --dev-file dev.conllu --test-file test.conllu \
+        --tag-column upos --output-dir runs/ewt
+    python recipes/tagging.py --predict sentences.txt --output-dir runs/ewt
+
+Defaults come from recipes/configs/tagging.json (``--config`` picks another file); the command line
+overrides them. ``--output-dir`` receives config.json, tokenizer/, chars.json, labels.json,
+best_model.pt, checkpoint.pt, log.jsonl, metrics.json, run_summary.json, training_curves.png and
+lengths.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from seqbucket_plugin.datapipes import Pipe, load_tagging_splits, tokenize_tagged_dataset
+from seqbucket_plugin.datapipes.tokenize import TextTokenizer
+from seqbucket_plugin.encoders import list_encoders
+from seqbucket_plugin.heads import SequenceTagger
+from seqbucket_plugin.training import TrainConfig, Trainer, resolve_device, write_tagging_data
+from seqbucket_plugin.training.cli import RecipeError, parse_args, run_main, save_config
+from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
+from seqbucket_plugin.training.tagging import (
+    CharIds,
+    CharVocab,
+    evaluate_tagger,
+    tagging_step,
+    word_tokenizer,
+)
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "tagging.json")
+
+
+def add_task_arguments(parser):
+    task = parser.add_argument_group("tagging")
+    task.add_argument("--tag-column", help="upos/xpos for CoNLL-U; an integer column index for column files "
+                                           "(negative counts from the end; -1 = last)")
+    task.add_argument("--num-buckets", type=int, help="length buckets of the batcher")
+    task.add_argument("--char-encoder", help="cnn, bilstm or none: character features of each word")
+    task.add_argument("--char-dim", type=int)
+    task.add_argument("--char-filters", type=int, help="char CNN filters (char BiLSTM: hidden size per direction)")
+    task.add_argument("--decoder", choices=["softmax", "crf"])
+
+
+def tag_options(value: str) -> dict:
+    try:
+        return {"tag_column": int(value)}
+    except ValueError:
+        return {"tag": value}
+
+
+# ------------------------------------------------------------------------------------------ steps
+def load_data(args, out: Path) -> tuple[datasets.DatasetDict, list[str]]:
+    """Step 1: train/dev/test sentences (``tokens``, ``tags`` ids) and the tag names."""
+    if args.dataset:
+        raise RecipeError("--dataset is not supported by the tagging recipe yet: Hub tagging sets differ in "
+                          "their columns; export the splits to .conllu or column files and pass --train-file")
+    if not args.train_file:
+        generated = write_tagging_data(out / "generated_data", seed=0)
+        print(f"no --train-file: training on generated data in {generated['train']} (and dev/test)")
+        args.train_file, args.dev_file, args.test_file = generated["train"], generated["dev"], generated["test"]
+    for flag in ("train_file", "dev_file", "test_file"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise RecipeError(f"--{flag.replace('_', '-')}: file not found: {path}")
+    loaded = load_tagging_splits(args.train_file, args.dev_file, args.test_file, **tag_options(str(args.tag_column)))
+    splits = {k: loaded[k] for k in ("train", "dev", "test") if k in loaded}
+    if "dev" not in splits:
+        held = splits["train"].train_test_split(test_size=0.1, seed=args.seed)
+        splits["train"], splits["dev"] = held["train"], held["test"]
+        print("no dev set: holding out 10% of the training set")
+    names = list(splits["train"].features["tags"].feature.names)
+    return datasets.DatasetDict(splits), names
+
+
+def build_vocabularies(args, train: datasets.Dataset, out: Path) -> tuple[TextTokenizer, CharVocab]:
+    """Step 2: word vocabulary (whole words) and character vocabulary from the training sentences."""
+    if args.resume and (out / "tokenizer").is_dir() and (out / "chars.json").is_file():
+        return TextTokenizer.load(out / "tokenizer"), CharVocab.load(out / "chars.json")
+    tokenizer = word_tokenizer(train["tokens"], min_frequency=args.min_frequency, vocab_size=args.vocab_size)
+    chars = CharVocab.build(train["tokens"])
+    tokenizer.save(out / "tokenizer")
+    chars.save(out / "chars.json")
+    return tokenizer, chars
+
+
+def tokenize(args, tokenizer: TextTokenizer, split: datasets.Dataset, keep=("tokens",)) -> datasets.Dataset:
+    return tokenize_tagged_dataset(split, tokenizer, subword=False, max_length=args.max_length, truncation="head",
+                                   keep_columns=list(keep))
+
+
+def make_pipe(args, dataset, tokenizer, chars: CharVocab, device, *, train: bool) -> Pipe:
+    """Step 3: sentences -> bucketed batches -> PackedBatch -> character ids (-> prefetch, pin on CUDA)."""
+    naive = args.batching == "naive"
+    if naive or args.batch_size:
+        size = {"batch_size": args.batch_size or 32}
+    else:
+        size = {"max_tokens": args.max_tokens, "oversize": "truncate"}
+    pipe = (Pipe.from_hf(dataset)
+            .bucket_batch(**size, num_buckets=1 if naive else args.num_buckets, shuffle=train, seed=args.seed)
+            .pack(pad_id=tokenizer.pad_id))
+    if use_chars(args):
+        pipe = pipe.map(CharIds(chars))
+    else:
+        pipe = pipe.map(_drop_tokens)
+    if device.type == "cuda":
+        pipe = pipe.prefetch(4).pin_memory()
+    return pipe
+
+
+def _drop_tokens(batch):
+    batch.extras.pop("tokens", None)
+    return batch
+
+
+def use_chars(args) -> bool:
+    return bool(args.char_encoder) and str(args.char_encoder).lower() != "none"
+
+
+def build_model(args, vocab_size: int, num_tags: int, num_chars: int, pad_id: int) -> SequenceTagger:
+    """Step 4: word embedding (+ char CNN/BiLSTM) -> encoder -> per-token scores (softmax or CRF)."""
+    if args.encoder not in list_encoders(include_aliases=True):
+        raise RecipeError(f"--encoder {args.encoder!r} is not registered; choose from {list_encoders()}")
+    char_kwargs = None
+    if use_chars(args):
+        key = "num_filters" if args.char_encoder == "cnn" else "hidden_size"
+        char_kwargs = {"char_dim": args.char_dim, key: args.char_filters}
+    return SequenceTagger(
+        vocab_size, num_tags, embedding_dim=args.embedding_dim, hidden_size=args.hidden_size, encoder=args.encoder,
+        encoder_kwargs={"num_layers": args.num_layers, "dropout": args.dropout if args.num_layers > 1 else 0.0},
+        char_encoder=args.char_encoder if use_chars(args) else None, num_chars=num_chars, char_kwargs=char_kwargs,
+        decoder=args.decoder, dropout=args.dropout, padding_idx=pad_id,
+    )
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the recipe; returns the metrics (training) or the number of predictions written."""
+    args = parse_args(argv, __doc__.split("\n")[0], DEFAULT_CONFIG, add_task_arguments)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    datasets.disable_progress_bars()
+    out = Path(args.output_dir)
+    if args.predict:
+        return predict(args, out)
+    device = resolve_device(args.device)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+
+    splits, tag_names = load_data(args, out)                                            # 1. data
+    tokenizer, chars = build_vocabularies(args, splits["train"], out)                   # 2. vocabularies
+    (out / "labels.json").write_text(json.dumps(tag_names) + "\n", encoding="utf-8")
+    save_config({k: v for k, v in vars(args).items() if k not in ("resume", "predict", "predictions")}, out)
+    tokenized = {name: tokenize(args, tokenizer, split) for name, split in splits.items()}
+    train_pipe = make_pipe(args, tokenized["train"], tokenizer, chars, device, train=True)  # 3. pipelines
+    eval_loaders = {name: make_pipe(args, ds, tokenizer, chars, device, train=False).loader()
+                    for name, ds in tokenized.items() if name != "train"}
+    model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id)  # 4. model
+    naive = args.batching == "naive"
+
+    config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
+                         warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
+                         eval_every=args.eval_every, save_every=args.save_every, metric="accuracy",
+                         amp=args.amp, progress=args.progress, seed=args.seed)
+    trainer = Trainer(                                                                   # 5. train
+        model, train_pipe.loader(), None,
+        lambda m: evaluate_tagger(m, eval_loaders["dev"], device, tag_names, naive=naive),
+        config, out, device, steps_per_epoch=train_pipe.batcher.num_batches(0), batch_stats=lambda: train_pipe.stats,
+    )
+    trainer.train_step = tagging_step(naive=naive, autocast=trainer.autocast)
+    print(f"training {args.encoder} tagger ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: "
+          f"{len(tokenized['train']):,} sentences, {len(tag_names)} tags, {trainer.steps_per_epoch} batches per epoch")
+    history = trainer.fit(resume=args.resume)
+
+    trainer.load_best()                                                                  # 6. evaluate the best model
+    model.eval()
+    metrics = {}
+    with torch.no_grad():
+        for name, loader in eval_loaders.items():
+            for key, value in evaluate_tagger(model, loader, device, tag_names, naive=naive).items():
+                metrics[f"{name}_{key}"] = value
+    metrics["best_step"] = trainer.state.best_step
+    metrics["steps"] = trainer.state.step
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    summary = {"wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(device),
+               "train_tokens_per_s": history[-1]["tokens_per_s"] if history else None,
+               "padding_efficiency": history[-1]["padding_efficiency"] if history else None}
+    (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print("metrics: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+
+    plot_training_curves(history, "accuracy", out / "training_curves.png")              # 7. pictures
+    plot_lengths(np.asarray(tokenized["train"]["length"]), getattr(train_pipe.batcher, "_boundaries", None),
+                 summary["padding_efficiency"], out / "lengths.png")
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ predict
+def read_sentences(path: str) -> list[list[str]]:
+    """Sentences to tag: stdin or a file, one whitespace-tokenized sentence per line, or ``.jsonl``
+    lines with a ``tokens`` list."""
+    if path == "-":
+        lines = [line for line in sys.stdin if line.strip()]
+    elif not os.path.isfile(path):
+        raise RecipeError(f"--predict: file not found: {path}")
+    else:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    if path.endswith(".jsonl"):
+        try:
+            return [list(json.loads(line)["tokens"]) for line in lines]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise RecipeError(f"{path}: every line must be a JSON object with a 'tokens' list ({err})") from err
+    return [line.split() for line in lines]
+
+
+def predict(args, out: Path) -> dict:
+    """Tag sentences with the trained model in ``--output-dir``; writes JSON Lines."""
+    if not (out / "best_model.pt").is_file():
+        raise RecipeError(f"--predict needs a trained --output-dir; no best_model.pt in {out}")
+    trained = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    for key, value in trained.items():
+        if key not in ("output_dir", "device", "threads", "batch_size", "max_tokens"):
+            setattr(args, key, value)
+    device = resolve_device(args.device)
+    tokenizer, chars = TextTokenizer.load(out / "tokenizer"), CharVocab.load(out / "chars.json")
+    tag_names = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    sentences = read_sentences(args.predict)
+    ds = datasets.Dataset.from_dict({"tokens": sentences, "tags": [[0] * len(s) for s in sentences],
+                                     "idx": list(range(len(sentences)))})
+    tokenized = tokenize(args, tokenizer, ds, keep=("tokens", "idx"))
+    model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id).to(device)
+    model.load_state_dict(torch.load(out / "best_model.pt", map_location=device, weights_only=True))
+    model.eval()
+    from seqbucket_plugin.training.tagging import predict_tags
+
+    loader = make_pipe(args, tokenized, tokenizer, chars, device, train=False).loader() if sentences else []
+    preds = predict_tags(model, loader, device)
+    sink = open(args.predictions, "w", encoding="utf-8") if args.predictions else sys.stdout
+    try:
+        for i, words in enumerate(sentences):
+            tags = [tag_names[t] for t in preds[i]]
+            sink.write(json.dumps({"index": i, "tokens": words, "tags": tags}) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return {"predictions": len(sentences)}
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
