@@ -319,10 +319,11 @@ class Trainer:
             if resume:
                 self.log(f"--resume: no {CHECKPOINT_FILE} in the output directory yet, starting from scratch")
             open(os.path.join(self.output_dir, LOG_FILE), "w").close()
-        if s.epoch_done:
+        if s.epoch_done:  # resumed from an epoch-end checkpoint
             s.epoch += 1
             s.epoch_step = 0
             s.epoch_done = False
+            s.loss_sum, s.loss_n, s.tokens = 0.0, 0, 0
         self.model.train()
         start_time = time.perf_counter()
         elapsed_before = s.history[-1]["elapsed_s"] if s.history else 0.0
