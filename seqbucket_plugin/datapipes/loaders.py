@@ -44,7 +44,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -94,8 +97,14 @@ _CONLLU_TAG_FIELDS = {"upos": 3, "xpos": 4}
 _CACHE_FORMAT_VERSION = 1
 _REPORT_METADATA_KEY = b"seqbucket_plugin.load_report"
 _WRITE_BATCH_ROWS = 1000
-_JSON_BLOCK_BYTES = 1 << 24  # one JSON line must fit in a block
+_JSON_BLOCK_BYTES = 1 << 24  # pyarrow's JSON block; grown to the longest line when needed
+_JSON_WHITESPACE = b" \t\r\n"  # what JSON (and pyarrow's reader) treats as blank
+_JSON_MAX_DEPTH = 500  # deeper nesting crashes pyarrow's JSON reader (stack overflow) well before 10^4
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_CSV_BLOCK_BYTES = 1 << 20  # pyarrow's default; grown when one record does not fit
+_MAX_BLOCK_BYTES = 2**31 - 1  # pyarrow block sizes are int32
 _CSV_FIELD_LIMIT = 2**31 - 1
+_MAX_IMPLICIT_CLASSES = 1 << 20  # integer labels above this need label_names (names "0".."max" are built)
 
 
 class LoaderConfigError(SeqBucketError, ValueError):
@@ -172,6 +181,13 @@ def load_classification(
             for a format without a header.
     """
     fmt = _classification_format(path, format)
+    for name, value in (("text_column", text_column), ("label_column", label_column)):
+        if not isinstance(value, str):
+            raise LoaderConfigError(f"{name} must be a string, got {value!r}")
+    if column_names is not None and (
+        isinstance(column_names, str) or not all(isinstance(c, str) for c in column_names)
+    ):
+        raise LoaderConfigError(f"column_names must be a sequence of strings, got {column_names!r}")
     if empty_policy not in _EMPTY_POLICIES:
         raise LoaderConfigError(f"empty_policy must be one of {_EMPTY_POLICIES}, got {empty_policy!r}")
     if column_names is not None and fmt not in ("csv", "tsv"):
@@ -344,6 +360,8 @@ def load_tagging_splits(
 
 def _classification_format(path: PathLike, format: str | None) -> str:
     if format is not None:
+        if not isinstance(format, str):
+            raise LoaderConfigError(f"format must be a string, got {format!r}")
         fmt = {"json": "jsonl"}.get(format.lower(), format.lower())
         if fmt not in CLASSIFICATION_SUFFIXES.values():
             raise LoaderConfigError(f"unknown format {format!r}; expected parquet, csv, tsv or jsonl")
@@ -370,11 +388,13 @@ def _check_label_names(label_names: Sequence[str] | None) -> list[str] | None:
 
 def _min_fields(token_column: int, tag_column: int) -> int:
     """Smallest field count for which both columns exist and are different fields."""
-    if not (isinstance(token_column, int) and isinstance(tag_column, int)):
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in (token_column, tag_column)):
         raise LoaderConfigError("token_column and tag_column must be integers")
-    bound = max(abs(token_column), abs(tag_column)) + 2
-    for n in range(1, bound + 1):
-        if all(-n <= c < n for c in (token_column, tag_column)) and token_column % n != tag_column % n:
+    # Both columns exist from ``need`` fields on; they name the same field for at most one count n
+    # (same sign: never unless equal; opposite signs: only n = positive - negative), so need or need + 1.
+    need = max(c + 1 if c >= 0 else -c for c in (token_column, tag_column))
+    for n in (need, need + 1):
+        if token_column % n != tag_column % n:
             return n
     raise LoaderConfigError(f"token_column={token_column} and tag_column={tag_column} name the same field")
 
@@ -537,7 +557,9 @@ def _read_classification_table(
     if fmt == "parquet":
         try:
             table = pq.read_table(path, memory_map=True)
-        except pa.ArrowException as exc:
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except (pa.ArrowException, OSError) as exc:  # a corrupt footer raises a plain OSError
             raise DataFormatError(f"cannot read parquet file: {exc}", path) from exc
     elif fmt == "jsonl":
         table = _read_jsonl(path)
@@ -551,7 +573,7 @@ def _check_utf8(table: pa.Table, path: Path, fmt: str) -> None:
     """The parquet and JSON readers do not validate UTF-8 in strings; a full validation does (in C)."""
     try:
         table.validate(full=True)
-    except pa.ArrowInvalid as exc:
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:  # the latter: invalid UTF-8 in a column name
         line = None if fmt == "parquet" else _first_invalid_utf8_line(path)
         raise DataFormatError(
             f"invalid data ({exc})" if line is None else "invalid UTF-8", path, line
@@ -561,21 +583,31 @@ def _check_utf8(table: pa.Table, path: Path, fmt: str) -> None:
 def _read_delimited(path: Path, fmt: str, text_column: str, column_names: Sequence[str] | None) -> pa.Table:
     """CSV (quoted fields may span lines) or TSV (no quoting); the text column is always read as strings."""
     delimiter = "," if fmt == "csv" else "\t"
-    try:
-        table = pa_csv.read_csv(
-            path,
-            read_options=pa_csv.ReadOptions(
-                column_names=None if column_names is None else list(column_names)
-            ),
-            parse_options=pa_csv.ParseOptions(
-                delimiter=delimiter,
-                quote_char='"' if fmt == "csv" else False,
-                newlines_in_values=fmt == "csv",
-            ),
-            convert_options=pa_csv.ConvertOptions(column_types={text_column: pa.string()}),
-        )
-    except pa.ArrowInvalid as exc:
-        raise _delimited_error(path, fmt, column_names, exc) from exc
+    block_size = _CSV_BLOCK_BYTES
+    while True:
+        try:
+            table = pa_csv.read_csv(
+                path,
+                read_options=pa_csv.ReadOptions(
+                    column_names=None if column_names is None else list(column_names),
+                    block_size=block_size,
+                ),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=delimiter,
+                    quote_char='"' if fmt == "csv" else False,
+                    newlines_in_values=fmt == "csv",
+                ),
+                convert_options=pa_csv.ConvertOptions(column_types={text_column: pa.string()}),
+            )
+            break
+        except pa.ArrowInvalid as exc:
+            # A record (or the header) longer than a block: read again with blocks that fit it.
+            if "straddl" in str(exc) and block_size < _MAX_BLOCK_BYTES:
+                block_size = min(block_size * 8, _MAX_BLOCK_BYTES)
+                continue
+            raise _delimited_error(path, fmt, column_names, exc) from exc
+        except UnicodeDecodeError as exc:  # invalid UTF-8 in the header row (decoded in Python)
+            raise DataFormatError("invalid UTF-8", path, _first_invalid_utf8_line(path)) from exc
     if any(pa.types.is_binary(t) for t in table.schema.types):  # pyarrow's fallback for invalid UTF-8
         raise DataFormatError("invalid UTF-8", path, _first_invalid_utf8_line(path))
     return table
@@ -616,34 +648,115 @@ def _iter_delimited_records(path: Path, fmt: str) -> Iterator[tuple[int, list[st
 
 
 def _read_jsonl(path: Path) -> pa.Table:
+    records, longest = _scan_jsonl(path)
+    block_size = max(_JSON_BLOCK_BYTES, longest + 1)
+    if block_size > _MAX_BLOCK_BYTES:
+        raise DataFormatError(f"a JSON line is longer than {_MAX_BLOCK_BYTES} bytes", path)
     try:
-        return pa_json.read_json(path, read_options=pa_json.ReadOptions(block_size=_JSON_BLOCK_BYTES))
+        table = pa_json.read_json(path, read_options=pa_json.ReadOptions(block_size=block_size))
     except pa.ArrowInvalid as exc:
         raise _jsonl_error(path, exc) from exc
+    if table.num_rows != records:  # pyarrow also splits records that share a line: not JSON Lines
+        raise _jsonl_error(
+            path, f"pyarrow read {table.num_rows} records from {records} non-blank lines; "
+            "JSON Lines needs exactly one object per line"
+        )
+    return table
 
 
-def _jsonl_error(path: Path, exc: Exception) -> DataFormatError:
+def _json_record_line(raw: bytes, line_no: int) -> bytes:
+    """A line without JSON whitespace (and, on line 1, without a UTF-8 BOM); empty when blank."""
+    if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    return raw.strip(_JSON_WHITESPACE)
+
+
+def _scan_jsonl(path: Path) -> tuple[int, int]:
+    """One cheap pass before pyarrow: (records, longest line in bytes).
+
+    pyarrow's JSON reader crashes the interpreter (segfault) on a first record ``null`` and on very
+    deep nesting, reads several records from one line, and needs a block larger than the longest line.
+    So every non-blank line must start with ``{`` and nest at most ``_JSON_MAX_DEPTH`` deep (counted
+    exactly only on lines with that many brackets); otherwise a located DataFormatError is raised.
+    """
+    records = longest = 0
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            line = _json_record_line(raw, line_no)
+            if not line:
+                continue
+            records += 1
+            longest = max(longest, len(raw))
+            if line[:1] != b"{":
+                raise _json_line_error(line, path, line_no) or DataFormatError(
+                    "expected a JSON object per line (JSON Lines)", path, line_no
+                )
+            if line.count(b"{") + line.count(b"[") > _JSON_MAX_DEPTH and _json_depth(line) > _JSON_MAX_DEPTH:
+                raise DataFormatError(f"JSON nested deeper than {_JSON_MAX_DEPTH} levels", path, line_no)
+    if records == 0:
+        raise DataFormatError("file has no JSON records", path)
+    return records, longest
+
+
+def _json_depth(line: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, brackets inside strings not counted."""
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', line), dtype=np.uint8)
+    steps = np.isin(codes, (ord("{"), ord("["))).astype(np.int64) - np.isin(codes, (ord("}"), ord("]")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _json_line_error(line: bytes, path: Path, line_no: int) -> DataFormatError | None:
+    """Why one JSON Lines record is invalid (as far as Python's json can tell), or None if it is fine."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return DataFormatError("invalid UTF-8", path, line_no)
+    problem: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        if len(set(keys)) != len(keys) and not problem:
+            duplicate = next(key for key in keys if keys.count(key) > 1)
+            problem.append(f"key {duplicate!r} appears twice in one object")
+        return dict(items)
+
+    def number(literal: str) -> float:
+        value = float(literal)
+        if math.isinf(value) and not problem:
+            problem.append(f"number {literal[:30]} is out of the float64 range")
+        return value
+
+    try:
+        record = json.loads(text, object_pairs_hook=pairs, parse_float=number)
+    except json.JSONDecodeError as err:
+        return DataFormatError(f"invalid JSON ({err.msg}, column {err.colno})", path, line_no)
+    except RecursionError:
+        return DataFormatError("JSON nested too deeply", path, line_no)
+    if not isinstance(record, dict):
+        return DataFormatError(
+            f"expected a JSON object per line (JSON Lines), found {type(record).__name__}", path, line_no
+        )
+    if not problem and _JSON_STRING.search(line) and re.search(rb"\\u[dD][89a-fA-F]", line):
+        try:  # lone UTF-16 surrogates (\ud800) are valid for Python's json but not for pyarrow
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            problem.append("string with an unpaired UTF-16 surrogate escape")
+    return DataFormatError(problem[0], path, line_no) if problem else None
+
+
+def _jsonl_error(path: Path, exc: Exception | str) -> DataFormatError:
     """Find the line that made pyarrow's JSON reader fail (its row numbers are per block)."""
     first_kind: dict[str, tuple[str, int]] = {}
     records = 0
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return DataFormatError("invalid UTF-8", path, line_no)
-            if not line.strip():
+            line = _json_record_line(raw, line_no)
+            if not line:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                return DataFormatError(f"invalid JSON ({err.msg} at column {err.colno})", path, line_no)
-            if not isinstance(record, dict):
-                return DataFormatError(
-                    f"expected a JSON object per line (JSON Lines), found {type(record).__name__}",
-                    path,
-                    line_no,
-                )
+            error = _json_line_error(line, path, line_no)
+            if error is not None:
+                return error
+            record = json.loads(line)
             records += 1
             for key, value in record.items():
                 if value is None:
@@ -700,7 +813,7 @@ class _RowLocator:
 def _iter_json_record_lines(path: Path) -> Iterator[int]:
     """Line numbers of the non-blank lines of a JSON Lines file (the records pyarrow reads)."""
     with open(path, "rb") as handle:
-        yield from (line_no for line_no, raw in enumerate(handle, 1) if raw.strip())
+        yield from (line_no for line_no, raw in enumerate(handle, 1) if _json_record_line(raw, line_no))
 
 
 def _where(path: Path, line: int | None) -> str:
@@ -740,7 +853,7 @@ def _encode_class_labels(
         line, row = locate(_first_true(pc.is_null(labels)))
         raise DataFormatError(f"missing label ({row})", path, line)
     if pa.types.is_integer(kind):
-        return _encode_int_labels(labels.cast(pa.int64()), default_names, locate)
+        return _encode_int_labels(labels, default_names, locate)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return _encode_string_labels(labels, default_names, fixed, locate)
     if pa.types.is_null(kind):  # no rows at all
@@ -761,18 +874,32 @@ def _encode_class_labels(
 def _encode_int_labels(
     ids: pa.ChunkedArray, default_names: list[str] | None, locate: _RowLocator
 ) -> tuple[pa.ChunkedArray, list[str]]:
+    """Integer labels of any width are ids into the names (messages quote the file's own values)."""
+    raw = ids
+    if pa.types.is_uint64(ids.type):  # values past int64 fail the range checks below anyway
+        ids = pc.min_element_wise(ids, pa.scalar(2**63 - 1, pa.uint64()))
+    ids = ids.cast(pa.int64())
     if len(ids) == 0:
         return ids, default_names or []
     low, high = pc.min_max(ids).values()
     if low.as_py() < 0:
         line, row = locate(_first_true(pc.less(ids, 0)))
         raise DataFormatError(f"negative integer label {low.as_py()} ({row})", locate.path, line)
+    if default_names is None and high.as_py() >= _MAX_IMPLICIT_CLASSES:
+        first = _first_true(pc.greater_equal(ids, _MAX_IMPLICIT_CLASSES))
+        line, row = locate(first)
+        raise DataFormatError(
+            f"integer label {raw[first].as_py()} ({row}) is too large for implicit class names '0', '1', ...; "
+            f"integer labels above {_MAX_IMPLICIT_CLASSES - 1} need label_names (or use string labels)",
+            locate.path,
+            line,
+        )
     names = default_names or [str(i) for i in range(high.as_py() + 1)]
     if high.as_py() >= len(names):
         first = _first_true(pc.greater_equal(ids, len(names)))
         line, row = locate(first)
         raise UnknownLabelError(
-            f"{_where(locate.path, line)}: unknown label {ids[first].as_py()} ({row}); integer labels must be "
+            f"{_where(locate.path, line)}: unknown label {raw[first].as_py()} ({row}); integer labels must be "
             f"ids below {len(names)} for label_names {_preview(names)}"
         )
     return ids, names

@@ -231,12 +231,18 @@ class TextTokenizer:
         A directory written by :meth:`save` also restores the special-token settings;
         keyword arguments (``pad_token=...``) override them.
 
+        Only JSON is read (``tokenizers`` parses ``tokenizer.json`` in Rust, the settings file is
+        read with :func:`json.load`); nothing in either file is executed or unpickled.
+
         Raises:
             FileNotFoundError: no such file, or no ``tokenizer.json`` in the directory.
-            DataFormatError: the file is not a valid tokenizer.
+            DataFormatError: the file is not a valid tokenizer, or the settings file is corrupt,
+                has missing or wrongly typed entries, or names a special token that is not in
+                the vocabulary (the message names the file).
         """
         path = os.fspath(path)
         settings: dict[str, Any] = {}
+        settings_path = None
         if os.path.isdir(path):
             settings_path = os.path.join(path, SETTINGS_FILE)
             if os.path.isfile(settings_path):
@@ -248,6 +254,13 @@ class TextTokenizer:
             tok = Tokenizer.from_file(path)
         except Exception as err:  # the Rust side raises a bare Exception
             raise DataFormatError(f"not a valid tokenizers JSON file ({err})", path) from err
+        if settings:
+            vocab = tok.get_vocab(with_added_tokens=True)
+            for key, value in settings.items():
+                if key.endswith("_token") and key not in special and value not in (None, _AUTO) and value not in vocab:
+                    raise DataFormatError(
+                        f"{key} {value!r} is not in the vocabulary of {path}", settings_path
+                    )
         settings.update(special)
         return cls(tok, **settings)
 
@@ -466,15 +479,30 @@ class TextTokenizer:
 # --------------------------------------------------------------------------------------
 
 
+_SETTINGS_KEYS = ("kind", "pad_token", "unk_token", "bos_token", "eos_token")
+
+
 def _read_settings(path: str) -> dict[str, Any]:
+    """The settings written by :meth:`TextTokenizer.save`; DataFormatError naming ``path`` otherwise."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: invalid JSON or invalid UTF-8
         raise DataFormatError(f"cannot read tokenizer settings ({err})", path) from err
-    if not isinstance(raw, dict) or raw.get("version") != _SETTINGS_VERSION:
+    except RecursionError as err:
+        raise DataFormatError("cannot read tokenizer settings (JSON nested too deeply)", path) from err
+    version = raw.get("version") if isinstance(raw, dict) else None
+    if type(version) is not int or version != _SETTINGS_VERSION:
         raise DataFormatError(f"unsupported settings (expected version {_SETTINGS_VERSION})", path)
-    return {k: raw.get(k) for k in ("kind", "pad_token", "unk_token", "bos_token", "eos_token")}
+    missing = [k for k in _SETTINGS_KEYS if k not in raw]
+    if missing:
+        raise DataFormatError(f"tokenizer settings lack {missing}", path)
+    wrong = [k for k in _SETTINGS_KEYS if raw[k] is not None and not isinstance(raw[k], str)]
+    if wrong:
+        raise DataFormatError(
+            f"tokenizer settings {wrong} must be strings or null, got {[raw[k] for k in wrong]!r}", path
+        )
+    return {k: raw[k] for k in _SETTINGS_KEYS}
 
 
 def _text_batches(texts: Any, text_column: str, batch_size: int) -> tuple[Iterator[list[str]], int | None]:
@@ -1123,12 +1151,7 @@ class TokenizeNode(BaseNode[dict]):
             self._chunk_state = None
             self._counts = TokenizeReport()
             return
-        try:
-            source_state = initial_state[self.SOURCE_KEY]
-            offset = int(initial_state[self.OFFSET_KEY])
-            counts = TokenizeReport(**initial_state[self.REPORT_KEY])
-        except (KeyError, TypeError, ValueError) as err:
-            raise StateDictError(f"not a TokenizeNode state: {err!r}") from err
+        source_state, offset, counts = self._parse_state(initial_state)
         self.source.reset(source_state)
         self._chunk_state = source_state
         self._counts = counts
@@ -1137,6 +1160,27 @@ class TokenizeNode(BaseNode[dict]):
             if offset > len(self._chunk):
                 raise StateDictError(f"offset {offset} beyond the re-read chunk of {len(self._chunk)} examples")
             self._offset = offset
+
+    def _parse_state(self, state: Any) -> tuple[Any, int, TokenizeReport]:
+        """(source state, offset, counts) of a state from :meth:`get_state`; StateDictError otherwise."""
+        if not isinstance(state, Mapping):
+            raise StateDictError(f"not a TokenizeNode state: expected a dict, got {type(state).__name__}")
+        missing = [k for k in (self.SOURCE_KEY, self.OFFSET_KEY, self.REPORT_KEY) if k not in state]
+        if missing:
+            raise StateDictError(f"not a TokenizeNode state: missing {missing}")
+        offset, report = state[self.OFFSET_KEY], state[self.REPORT_KEY]
+        if type(offset) is not int or offset < 0:
+            raise StateDictError(f"TokenizeNode state: offset must be a non-negative int, got {offset!r}")
+        fields = list(TokenizeReport.__dataclass_fields__)
+        if (
+            not isinstance(report, Mapping)
+            or sorted(report) != sorted(fields)
+            or any(type(report[k]) is not int or report[k] < 0 for k in fields)
+        ):
+            raise StateDictError(
+                f"TokenizeNode state: report must map {fields} to non-negative ints, got {report!r}"
+            )
+        return state[self.SOURCE_KEY], offset, TokenizeReport(**report)
 
     def get_state(self) -> dict[str, Any]:
         if self._offset >= len(self._chunk):  # between chunks: no need to re-read anything
