@@ -29,6 +29,7 @@ from seqbucket_plugin.datapipes.loaders import (
     load_conll_columns,
     load_conllu,
 )
+from seqbucket_plugin.datapipes.pipe import Pipe
 from seqbucket_plugin.datapipes.sources import MapDatasetSource
 from seqbucket_plugin.datapipes.tokenize import SETTINGS_FILE, TOKENIZER_FILE, TextTokenizer, TokenizeNode
 from seqbucket_plugin.errors import (
@@ -590,7 +591,7 @@ def test_bucket_batcher_rejects_non_states(junk):
         make_batcher(True).reset(junk)
 
 
-# Found by this file; bucketing.py / sources.py belong to the lead, so these stay strict xfails until fixed.
+# Found by this file and fixed in BucketBatcher._parse_state / MapDatasetSource.reset.
 BUCKETING_BUGS = [
     ("negative epoch", True, lambda s: s.update(epoch=-1), "ValueError from numpy default_rng([seed, -1])"),
     ("negative position", True, lambda s: s.update(position=-1), "accepted: resumes at plan[-1], yields a wrong batch"),
@@ -614,8 +615,7 @@ BUCKETING_BUGS = [
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("name", "indexed", "tamper"),
-    [pytest.param(n, i, t, marks=pytest.mark.xfail(strict=True, reason=f"bucketing.py: {why}"), id=n)
-     for n, i, t, why in BUCKETING_BUGS],
+    [pytest.param(n, i, t, id=n) for n, i, t, _was in BUCKETING_BUGS],
 )
 def test_bucket_batcher_tampered_state_bugs(name, indexed, tamper):
     state = copy.deepcopy(good_state(indexed))
@@ -625,7 +625,6 @@ def test_bucket_batcher_tampered_state_bugs(name, indexed, tamper):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="sources.py: MapDatasetSource.reset indexes state['next_index'] -> bare KeyError")
 def test_map_source_missing_key():
     source = MapDatasetSource(datasets.Dataset.from_list(ROWS))
     with pytest.raises(StateDictError):
@@ -653,12 +652,11 @@ def test_loader_load_state_dict_with_tampered_inner_state():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="torchdata Loader indexes state['root'] itself; Pipe.loader() returns it unwrapped")
 def test_loader_load_state_dict_without_root():
-    restored = Loader(make_batcher(True))
-    restored.load_state_dict({"num_yielded": 1})
-    with pytest.raises(StateDictError):
-        next(iter(restored))
+    """torchdata's own Loader indexes state['root'] itself; Pipe.loader() checks the shape first."""
+    restored = Pipe.from_node(make_batcher(True)).loader()
+    with pytest.raises(StateDictError, match="root"):
+        restored.load_state_dict({"num_yielded": 1})
 
 
 def _tokenize_node(saved: Path) -> TokenizeNode:

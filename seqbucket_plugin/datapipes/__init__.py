@@ -21,7 +21,7 @@ from seqbucket_plugin.datapipes.loaders import (
     load_tagging_splits,
 )
 from seqbucket_plugin.datapipes.packing import LABEL_PAD_ID, Pack, PackedBatch, collate_packed
-from seqbucket_plugin.datapipes.pipe import Pipe
+from seqbucket_plugin.datapipes.pipe import Pipe, PipeLoader
 from seqbucket_plugin.datapipes.sources import IterableDatasetSource, MapDatasetSource, from_hf
 from seqbucket_plugin.datapipes.tokenize import (
     IGNORE_INDEX,
@@ -45,6 +45,7 @@ __all__ = [
     "Pack",
     "PackedBatch",
     "Pipe",
+    "PipeLoader",
     "TextTokenizer",
     "TokenizeNode",
     "TokenizeReport",

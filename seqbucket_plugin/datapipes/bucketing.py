@@ -466,27 +466,73 @@ class BucketBatcher(BaseNode[list[dict]]):
                 self.source.reset(None)
                 self._load_chunk(None)
             return
-        try:
-            self._epoch = int(initial_state[self.EPOCH_KEY])
-            self._chunk = int(initial_state[self.CHUNK_KEY])
-            position = int(initial_state[self.POSITION_KEY])
-            stats = dict(initial_state[self.STATS_KEY])
-            boundaries = initial_state[self.BOUNDARIES_KEY]
-            source_state = initial_state[self.SOURCE_KEY]
-        except (KeyError, TypeError, ValueError) as error:
-            raise StateDictError(f"not a BucketBatcher state: missing or bad {error}") from error
+        epoch, chunk, position, stats, boundaries, source_state = self._parse_state(initial_state)
+        self._epoch, self._chunk = epoch, chunk
         if boundaries is not None:
-            self._boundaries = np.asarray(boundaries, dtype=np.int64)
+            self._boundaries = boundaries
         if self.indexed:
             self._load_indexed_epoch()
         else:
-            self._load_chunk(source_state)
-        histogram = {int(k): int(v) for k, v in stats.pop("batch_size_histogram", {}).items()}
-        stats.pop("padding_efficiency", None)
-        self.stats = BatchingStats(**stats, batch_size_histogram=histogram)
+            try:
+                self._load_chunk(source_state)
+            except (KeyError, TypeError, ValueError, IndexError) as error:
+                raise StateDictError(f"the source rejected its saved state: {error!r}") from error
+        self.stats = stats
         if position > len(self._plan):
             raise StateDictError(f"state position {position} is past the {len(self._plan)} planned batches")
         self._position = position
+
+    def _parse_state(self, state: Any) -> tuple[int, int, int, BatchingStats, np.ndarray | None, Any]:
+        """Validate a saved state; every defect raises :class:`StateDictError` naming it."""
+        if not isinstance(state, dict):
+            raise StateDictError(f"a BucketBatcher state is a dict, got {type(state).__name__}")
+        missing = [k for k in (self.EPOCH_KEY, self.CHUNK_KEY, self.POSITION_KEY, self.STATS_KEY,
+                               self.BOUNDARIES_KEY, self.SOURCE_KEY) if k not in state]
+        if missing:
+            raise StateDictError(f"not a BucketBatcher state: missing {missing}")
+
+        def count(value: Any, name: str) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise StateDictError(f"state {name!r} must be a non-negative int, got {value!r}")
+            return int(value)
+
+        epoch = count(state[self.EPOCH_KEY], self.EPOCH_KEY)
+        chunk = count(state[self.CHUNK_KEY], self.CHUNK_KEY)
+        position = count(state[self.POSITION_KEY], self.POSITION_KEY)
+
+        raw_stats = state[self.STATS_KEY]
+        if not isinstance(raw_stats, dict):
+            raise StateDictError(f"state 'stats' must be a dict, got {type(raw_stats).__name__}")
+        fields = {f.name for f in dataclasses.fields(BatchingStats)} - {"batch_size_histogram"}
+        unknown = set(raw_stats) - fields - {"batch_size_histogram", "padding_efficiency"}
+        if unknown:
+            raise StateDictError(f"state 'stats' has unknown keys {sorted(unknown)}")
+        histogram = raw_stats.get("batch_size_histogram", {})
+        if not isinstance(histogram, dict):
+            raise StateDictError("state 'stats.batch_size_histogram' must be a dict of rows -> batches")
+        try:
+            histogram = {count(int(k), "stats.batch_size_histogram key"): count(v, "stats.batch_size_histogram")
+                         for k, v in histogram.items()}
+        except ValueError as error:
+            raise StateDictError(f"state 'stats.batch_size_histogram' has a bad key: {error}") from error
+        stats = BatchingStats(
+            **{name: count(raw_stats[name], f"stats.{name}") for name in fields if name in raw_stats},
+            batch_size_histogram=histogram,
+        )
+
+        boundaries = state[self.BOUNDARIES_KEY]
+        if boundaries is not None:
+            if not isinstance(boundaries, (list, tuple)) or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 2**62 for b in boundaries
+            ):
+                raise StateDictError("state 'boundaries' must be a list of non-negative ints")
+            boundaries = np.asarray(boundaries, dtype=np.int64)
+            if np.any(np.diff(boundaries) <= 0):
+                raise StateDictError("state 'boundaries' must be strictly increasing")
+        source_state = state[self.SOURCE_KEY]
+        if not self.indexed and not isinstance(source_state, dict):
+            raise StateDictError(f"state 'source' must be the source's state dict, got {type(source_state).__name__}")
+        return epoch, chunk, position, stats, boundaries, source_state
 
     def next(self) -> list[dict]:
         while self._position >= len(self._plan):

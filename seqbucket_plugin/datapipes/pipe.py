@@ -22,8 +22,25 @@ from seqbucket_plugin.datapipes.tokenize import (
     tokenize_dataset,
     tokenize_tagged_dataset,
 )
+from seqbucket_plugin.errors import StateDictError
 
-__all__ = ["Pipe"]
+__all__ = ["Pipe", "PipeLoader"]
+
+
+class PipeLoader(Loader):
+    """A :class:`torchdata.nodes.Loader` that checks a state's shape before accepting it.
+
+    torchdata's ``Loader`` indexes ``state["root"]`` at the next ``iter()``; a state that is not one
+    of its own then fails deep inside with a bare ``KeyError``. This one raises
+    :class:`~seqbucket_plugin.errors.StateDictError` at ``load_state_dict`` instead; the nodes
+    validate their own parts when the state is applied.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or not {"root", "num_yielded"} <= set(state_dict):
+            keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise StateDictError(f"not a loader state (needs 'root' and 'num_yielded'): got {keys}")
+        super().load_state_dict(state_dict)
 
 
 class Pipe:
@@ -92,9 +109,9 @@ class Pipe:
         """Copy items (e.g. :class:`PackedBatch`) to pinned memory in a background thread (CUDA only)."""
         return self._then(PinMemory(self.node, pin_memory_device=device))
 
-    def loader(self, *, restart_on_stop_iteration: bool = True) -> Loader:
-        """A :class:`torchdata.nodes.Loader` over the chain: iterate it once per epoch."""
-        return Loader(self.node, restart_on_stop_iteration=restart_on_stop_iteration)
+    def loader(self, *, restart_on_stop_iteration: bool = True) -> PipeLoader:
+        """A :class:`torchdata.nodes.Loader` over the chain (a :class:`PipeLoader`): iterate it once per epoch."""
+        return PipeLoader(self.node, restart_on_stop_iteration=restart_on_stop_iteration)
 
     @property
     def stats(self) -> BatchingStats | None:

@@ -84,7 +84,16 @@ class MapDatasetSource(BaseNode[dict]):
     def reset(self, initial_state: dict | None = None):
         super().reset(initial_state)
         self._buffer = []
-        self._next_index = 0 if initial_state is None else int(initial_state[self.NEXT_INDEX_KEY])
+        if initial_state is None:
+            self._next_index = 0
+            return
+        index = initial_state.get(self.NEXT_INDEX_KEY) if isinstance(initial_state, dict) else None
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= len(self.dataset):
+            raise StateDictError(
+                f"not a MapDatasetSource state (needs {self.NEXT_INDEX_KEY!r} in [0, {len(self.dataset)}]): "
+                f"{initial_state!r}"
+            )
+        self._next_index = index
 
     def next(self) -> dict:
         if not self._buffer:
