@@ -13,6 +13,21 @@ history. It is written atomically every ``save_every`` steps and at the end of e
 ``fit(resume=True)`` restores it and continues mid-epoch; on the CPU the finished run has exactly
 the weights and metrics of an uninterrupted one (the pipeline, dropout masks and optimizer follow
 the same sequence). Dev evaluation never draws random numbers.
+
+Gradient accumulation: with ``grad_accum`` = N each optimizer step adds the gradients of N
+batches (each loss scaled by 1/N; the last group of an epoch may be shorter and is scaled by its
+own size). ``step``/``max_steps``/``eval_every``/``save_every`` count optimizer steps.
+
+Several processes (``dist``, a :class:`~seqbucket_plugin.training.distributed.DistContext` with
+``world_size`` > 1): the model is wrapped in ``DistributedDataParallel`` for the training steps
+(``no_sync()`` on the non-final batches of an accumulation group; ``grad_sync="manual"``
+all-reduces the gradients after the group instead, for steps that do not call the model's
+``forward``, such as truncated BPTT). ``evaluate`` gets the unwrapped model and must return the
+same metrics on every rank (early stopping and the best model follow from them, so every rank
+takes the same decisions); the logged train loss, tokens/s and padding efficiency are reduced over
+the ranks. Only rank 0 writes ``log.jsonl``, ``best_model.pt`` and ``checkpoint.pt``; the
+checkpoint stores the world size and every rank's RNG and loader states (gathered to rank 0), and
+a resume restores each rank's own and refuses a different world size.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 
 from seqbucket_plugin.errors import SeqBucketError
@@ -97,6 +113,7 @@ class TrainConfig:
     amp: bool = True
     progress: bool = True
     seed: int = 0
+    grad_accum: int = 1
 
 
 @dataclass
@@ -113,6 +130,7 @@ class _LoopState:
     epoch: int = 0
     step: int = 0
     epoch_step: int = 0
+    epoch_batch: int = 0
     epoch_done: bool = False
     best_metric: float = -math.inf
     best_step: int = -1
@@ -167,6 +185,9 @@ class Trainer:
         batch_stats: optional callable returning the current epoch's
             :class:`~seqbucket_plugin.datapipes.BatchingStats` (for padding efficiency).
         log: where one-line messages go (default ``print``).
+        dist: a :class:`~seqbucket_plugin.training.distributed.DistContext`; None or a world
+            size of 1 is a single process (see the module docs for several).
+        grad_sync: ``"ddp"`` (DistributedDataParallel) or ``"manual"`` (all-reduce after backward).
     """
 
     def __init__(
@@ -182,8 +203,25 @@ class Trainer:
         steps_per_epoch: int | None = None,
         batch_stats: Callable[[], Any] | None = None,
         log: Callable[[str], None] = print,
+        dist: Any = None,
+        grad_sync: str = "ddp",
     ):
         self.model = model.to(device)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        self.is_main = self.dist is None or self.dist.is_main
+        if grad_sync not in ("ddp", "manual"):
+            raise SeqBucketError(f"grad_sync must be 'ddp' or 'manual', got {grad_sync!r}")
+        self.grad_sync = grad_sync
+        self.train_model: nn.Module = self.model
+        if self.dist is not None and grad_sync == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.grad_accum is None or config.grad_accum < 1:
+            raise SeqBucketError(f"--grad-accum must be a positive integer, got {config.grad_accum!r}")
+        if config.grad_accum > 1 and not steps_per_epoch:
+            raise SeqBucketError("--grad-accum > 1 needs the number of batches per epoch (a map-style dataset)")
         self.loader = train_loader
         self.train_step = train_step
         self.evaluate_fn = evaluate
@@ -192,7 +230,7 @@ class Trainer:
         self.device = device
         self.steps_per_epoch = steps_per_epoch
         self.batch_stats = batch_stats
-        self.log = log
+        self.log = log if self.is_main else (lambda message: None)
         os.makedirs(self.output_dir, exist_ok=True)
 
         self.total_steps = self._total_steps()
@@ -214,7 +252,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _total_steps(self) -> int:
-        per_epoch = self.steps_per_epoch or 0
+        per_epoch = -(-(self.steps_per_epoch or 0) // self.config.grad_accum)  # optimizer steps per epoch
         total = per_epoch * self.config.epochs if per_epoch else 0
         if self.config.max_steps > 0:
             total = min(total, self.config.max_steps) if total else self.config.max_steps
@@ -241,14 +279,23 @@ class Trainer:
         """Write ``checkpoint.pt`` atomically (see the module docs for its content)."""
         state = asdict(self.state)
         state["best_metric"] = float(state["best_metric"])
+        rng = capture_rng_state(cuda=self.device.type == "cuda")
+        loader = self.loader.state_dict()
+        extra: dict[str, Any] = {}
+        if self.dist is not None:  # every rank's own RNG and loader states, gathered to rank 0
+            extra["ranks"] = self.dist.all_gather_object({"rng": rng, "loader": loader})
+            if not self.is_main:
+                return
         atomic_save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": capture_rng_state(cuda=self.device.type == "cuda"),
-            "loader": self.loader.state_dict(),
+            "rng": rng,
+            "loader": loader,
             "loop": state,
+            "world_size": 1 if self.dist is None else self.dist.world_size,
+            **extra,
         }, self.checkpoint_path)
 
     def load_checkpoint(self) -> None:
@@ -258,6 +305,19 @@ class Trainer:
             FileNotFoundError: there is no checkpoint in the output directory.
         """
         ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        saved_world = int(ckpt.get("world_size", 1))
+        world = 1 if self.dist is None else self.dist.world_size
+        if saved_world != world:
+            raise SeqBucketError(
+                f"{CHECKPOINT_FILE} in {self.output_dir} was written by a run of {saved_world} process(es); "
+                f"this run has {world}. Resume with the same number of processes (torchrun "
+                f"--nproc_per_node x --nnodes = {saved_world}) or start a new --output-dir")
+        if world > 1:
+            ranks = ckpt.get("ranks")
+            if not isinstance(ranks, list) or len(ranks) != world:
+                raise SeqBucketError(f"{CHECKPOINT_FILE}: the per-rank states of the {world} processes are missing")
+            own = ranks[self.dist.rank]
+            ckpt["rng"], ckpt["loader"] = own["rng"], own["loader"]
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -266,6 +326,8 @@ class Trainer:
         self.loader.load_state_dict(ckpt["loader"])
         restore_rng_state(ckpt["rng"])
         self.state = _LoopState(**ckpt["loop"])
+        if not self.is_main:
+            return
         # the log holds exactly the evaluations of the restored history
         with open(os.path.join(self.output_dir, LOG_FILE), "w", encoding="utf-8") as f:
             for record in self.state.history:
@@ -281,11 +343,18 @@ class Trainer:
         if self.config.metric not in metrics:
             raise SeqBucketError(f"evaluate() returned {sorted(metrics)}, without the metric {self.config.metric!r}")
         value = float(metrics[self.config.metric])
+        if self.dist is not None:  # the train figures of all ranks; the metrics are already global
+            loss_total, n, tps, eff = self.dist.all_reduce_sum(
+                [train_loss * self.state.loss_n, self.state.loss_n, tokens_per_s, efficiency or 0.0])
+            train_loss = loss_total / n if n else float("nan")
+            tokens_per_s = tps
+            efficiency = None if efficiency is None else eff / self.dist.world_size
         s = self.state
         improved = value > s.best_metric
         if improved:
             s.best_metric, s.best_step, s.bad_evals = value, s.step, 0
-            atomic_save(self.model.state_dict(), self.best_model_path)
+            if self.is_main:
+                atomic_save(self.model.state_dict(), self.best_model_path)
         else:
             s.bad_evals += 1
         record = {"step": s.step, "epoch": s.epoch, "train_loss": round(train_loss, 6),
@@ -294,8 +363,9 @@ class Trainer:
                   "padding_efficiency": None if efficiency is None else round(efficiency, 4),
                   "elapsed_s": round(elapsed, 2), "best": improved}
         s.history.append(record)
-        with open(os.path.join(self.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.is_main:
+            with open(os.path.join(self.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         shown = ", ".join(f"dev {k} {v:.4f}" for k, v in metrics.items())
         self.log(f"step {s.step} (epoch {s.epoch + 1}): train loss {train_loss:.4f}, {shown}, "
                  f"{tokens_per_s:,.0f} tokens/s" + (f", padding efficiency {efficiency:.1%}" if efficiency else "")
@@ -310,7 +380,10 @@ class Trainer:
         starts from scratch with a message). The best model is in ``best_model.pt``.
         """
         cfg, s = self.config, self.state
-        if resume and os.path.isfile(self.checkpoint_path):
+        found = os.path.isfile(self.checkpoint_path)
+        if self.dist is not None:  # rank 0 decides, so every rank takes the same branch
+            found = bool(self.dist.broadcast_object(found))
+        if resume and found:
             self.load_checkpoint()
             s = self.state
             self.log(f"resumed from {CHECKPOINT_FILE}: step {s.step}, epoch {s.epoch + 1}"
@@ -318,13 +391,16 @@ class Trainer:
         else:
             if resume:
                 self.log(f"--resume: no {CHECKPOINT_FILE} in the output directory yet, starting from scratch")
-            open(os.path.join(self.output_dir, LOG_FILE), "w").close()
+            if self.is_main:
+                open(os.path.join(self.output_dir, LOG_FILE), "w").close()
         if s.epoch_done:  # resumed from an epoch-end checkpoint
             s.epoch += 1
             s.epoch_step = 0
+            s.epoch_batch = 0
             s.epoch_done = False
             s.loss_sum, s.loss_n, s.tokens = 0.0, 0, 0
         self.model.train()
+        self.train_model.train()
         start_time = time.perf_counter()
         elapsed_before = s.history[-1]["elapsed_s"] if s.history else 0.0
         while not s.stopped and s.epoch < cfg.epochs and not self._out_of_steps():
@@ -336,7 +412,8 @@ class Trainer:
 
     def _run_epoch(self, start_time: float, elapsed_before: float) -> None:
         cfg, s = self.config, self.state
-        bar = _Progress(cfg.progress, self.steps_per_epoch, s.epoch_step, f"epoch {s.epoch + 1}/{cfg.epochs}")
+        steps = -(-self.steps_per_epoch // cfg.grad_accum) if self.steps_per_epoch else None
+        bar = _Progress(cfg.progress and self.is_main, steps, s.epoch_step, f"epoch {s.epoch + 1}/{cfg.epochs}")
         # the epoch's running loss lives on the device (no sync per step); restored sums come first
         loss_sum = torch.zeros((), device=self.device)
         train_time = 0.0
@@ -346,11 +423,33 @@ class Trainer:
             n = s.loss_n
             return (s.loss_sum + float(loss_sum)) / n if n else float("nan")
 
+        accum = cfg.grad_accum
+        group_left = 0  # batches still to add to the current accumulation group
         t_prev = time.perf_counter()
         for batch in self.loader:  # tokens/s counts loading + step time, not evaluation/checkpoints
             batch = batch.to(self.device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            out = self.train_step(self.model, batch, self._backward)
+            if group_left == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+                group_left = accum if accum == 1 else min(accum, self.steps_per_epoch - s.epoch_batch)
+                group_size = max(1, group_left)
+            group_left -= 1
+            s.epoch_batch += 1
+            s.loss_n += 1
+            final = group_left <= 0
+            backward = self._backward if group_size == 1 else self._scaled_backward(group_size)
+            sync = contextlib.nullcontext()
+            if not final and self.train_model is not self.model:
+                sync = self.train_model.no_sync()
+            with sync:
+                out = self.train_step(self.train_model if self.grad_sync == "ddp" else self.model, batch, backward)
+            loss_sum += out.loss.detach().float()
+            s.tokens += out.tokens
+            new_tokens += out.tokens
+            if not final:
+                continue
+            group_left = 0
+            if self.dist is not None and self.grad_sync == "manual":
+                self._all_reduce_grads()
             if cfg.clip_norm > 0:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
@@ -359,10 +458,6 @@ class Trainer:
             self.scheduler.step()
             s.step += 1
             s.epoch_step += 1
-            loss_sum += out.loss.detach().float()
-            s.loss_n += 1
-            s.tokens += out.tokens
-            new_tokens += out.tokens
             train_time += time.perf_counter() - t_prev
             tps = new_tokens / train_time if train_time > 0 else 0.0
             eff = self._efficiency()
@@ -382,8 +477,11 @@ class Trainer:
         bar.close()
         s.loss_sum += float(loss_sum)
         loss_sum.zero_()
-        if s.epoch_step == 0:
+        if s.epoch_batch == 0:
             raise SeqBucketError("the training pipeline yielded no batch: is the training set empty?")
+        if group_left > 0:  # cannot happen with a correct batch count; never step on half a group
+            raise SeqBucketError(f"the training pipeline yielded fewer batches than the "
+                                 f"{self.steps_per_epoch} announced per epoch")
         tps = new_tokens / train_time if train_time > 0 else 0.0
         evaluated_here = bool(s.history) and s.history[-1]["step"] == s.step
         if not evaluated_here:
@@ -396,8 +494,28 @@ class Trainer:
         self.save_checkpoint()
         s.epoch += 1
         s.epoch_step = 0
+        s.epoch_batch = 0
         s.epoch_done = False
         s.loss_sum, s.loss_n, s.tokens = 0.0, 0, 0
+
+    def _scaled_backward(self, n: int) -> Callable[[torch.Tensor], None]:
+        def backward(loss: torch.Tensor) -> None:
+            self._backward(loss / n)
+
+        return backward
+
+    def _all_reduce_grads(self) -> None:
+        """Average the gradients over the ranks (one flat all-reduce; missing grads count as 0)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch_dist.all_reduce(flat)
+        flat /= self.dist.world_size
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
 
     def _efficiency(self) -> float | None:
         if self.batch_stats is None:
