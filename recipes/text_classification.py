@@ -4,11 +4,16 @@
     python recipes/text_classification.py --train-file train.parquet --test-file test.parquet \
         --output-dir runs/imdb
     python recipes/text_classification.py --predict reviews.txt --output-dir runs/imdb
+    torchrun --nproc_per_node=2 recipes/text_classification.py --output-dir runs/ddp   # 2 processes (DDP)
 
 Defaults come from recipes/configs/text_classification.json (``--config`` picks another file);
 any option on the command line overrides them. The run leaves in ``--output-dir``: config.json,
 tokenizer/, labels.json, best_model.pt, checkpoint.pt, log.jsonl, metrics.json, run_summary.json,
 training_curves.png and lengths.png.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel (gloo on
+the CPU, NCCL on CUDA), the training batches are sharded by rank, evaluation is shared out and its
+metrics are those of the whole dev/test set, and only rank 0 writes files or prints.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ from seqbucket_plugin.training.classification import (
     predict_classifier,
 )
 from seqbucket_plugin.training.cli import RecipeError, parse_args, run_main, save_config
+from seqbucket_plugin.training.distributed import (
+    DebugRecorder,
+    DistContext,
+    init_distributed,
+    parameters_sha256,
+    world_size_from_env,
+)
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "text_classification.json")
@@ -124,7 +136,8 @@ def batching(args, *, train: bool) -> dict:
         size = {"batch_size": args.batch_size or 32}
     else:
         size = {"max_tokens": args.max_tokens, "oversize": "truncate"}
-    return {**size, "num_buckets": 1 if naive else args.num_buckets, "shuffle": train, "seed": args.seed}
+    shard = {} if train else {"rank": 0, "world_size": 1}  # evaluation: every rank sees every batch
+    return {**size, "num_buckets": 1 if naive else args.num_buckets, "shuffle": train, "seed": args.seed, **shard}
 
 
 def make_pipe(args, dataset: datasets.Dataset, tokenizer: TextTokenizer, device: torch.device, *, train: bool) -> Pipe:
@@ -156,18 +169,48 @@ def main(argv: Sequence[str] | None = None) -> dict:
     datasets.disable_progress_bars()
     out = Path(args.output_dir)
     if args.predict:
+        if world_size_from_env() > 1 and os.environ.get("RANK", "0") != "0":
+            return {"predictions": 0}  # under torchrun only rank 0 predicts
         return predict(args, out)
-    device = resolve_device(args.device)
+    ctx = init_distributed(args.device)
+    try:
+        with ctx.quiet_unless_main():
+            return train(args, out, ctx)
+    finally:
+        ctx.close()
+
+
+def prepare(args, out: Path, recorder: DebugRecorder, tokenizer: TextTokenizer | None = None):
+    """Steps 1-2 and tokenization: splits, label names, tokenizer, tokenized splits. Writes the
+    tokenizer, labels and config unless ``tokenizer`` is given (the other ranks under torchrun)."""
+    splits, label_names = load_data(args, out)                                       # 1. data
+    if recorder.wants_ids:
+        splits["train"] = splits["train"].add_column("idx", list(range(len(splits["train"]))))
+    if tokenizer is None:
+        tokenizer = build_tokenizer(args, splits["train"], out)                      # 2. tokenizer
+        (out / "labels.json").write_text(json.dumps(label_names) + "\n", encoding="utf-8")
+        save_config({k: v for k, v in vars(args).items() if k not in ("resume", "predict", "predictions")}, out)
+    tokenized = {name: tokenize(args, tokenizer, split, keep=("idx",) if name == "train" and recorder.wants_ids
+                                else ()) for name, split in splits.items()}
+    return splits, label_names, tokenizer, tokenized
+
+
+def train(args, out: Path, ctx: DistContext) -> dict:
+    """Steps 1-7 (in every process under torchrun; rank 0 writes the files)."""
+    device = ctx.device
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
+    recorder = DebugRecorder(ctx)
 
-    splits, label_names = load_data(args, out)                                       # 1. data
-    tokenizer = build_tokenizer(args, splits["train"], out)                          # 2. tokenizer
-    (out / "labels.json").write_text(json.dumps(label_names) + "\n", encoding="utf-8")
-    save_config({k: v for k, v in vars(args).items() if k not in ("resume", "predict", "predictions")}, out)
-    tokenized = {name: tokenize(args, tokenizer, split) for name, split in splits.items()}
+    # rank 0 first (it writes generated data, tokenizer, config); then the others read them
+    if ctx.is_main:
+        splits, label_names, tokenizer, tokenized = prepare(args, out, recorder)
+    args.train_file, args.dev_file, args.test_file = ctx.broadcast_object(
+        (args.train_file, args.dev_file, args.test_file))
+    if not ctx.is_main:
+        splits, label_names, tokenizer, tokenized = prepare(args, out, recorder, TextTokenizer.load(out / "tokenizer"))
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
@@ -181,24 +224,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
     trainer = Trainer(                                                                # 5. train
         model, train_pipe.loader(), None,
         lambda m: evaluate_classifier(m, eval_loaders["dev"], device, naive=naive, tbptt_chunk=args.tbptt_chunk,
-                                      num_classes=len(label_names)),
+                                      num_classes=len(label_names), dist=ctx),
         config, out, device, steps_per_epoch=train_pipe.batcher.num_batches(0), batch_stats=lambda: train_pipe.stats,
+        dist=ctx, grad_sync="manual" if args.tbptt_chunk else "ddp",  # TBPTT does not call forward()
     )
-    trainer.train_step = classification_step(naive=naive, tbptt_chunk=args.tbptt_chunk, autocast=trainer.autocast)
-    print(f"training {args.encoder} ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: "
-          f"{len(tokenized['train']):,} examples, {trainer.steps_per_epoch} batches per epoch")
+    trainer.train_step = recorder.wrap(
+        classification_step(naive=naive, tbptt_chunk=args.tbptt_chunk, autocast=trainer.autocast))
+    where = f"{device}" + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+    print(f"training {args.encoder} ({sum(p.numel() for p in model.parameters()):,} parameters) on {where}: "
+          f"{len(tokenized['train']):,} examples, {trainer.steps_per_epoch} batches per epoch"
+          + (" per process" if ctx.enabled else ""))
     history = trainer.fit(resume=args.resume)
+    final_hash = parameters_sha256(model) if recorder.wants_ids else ""
 
+    ctx.barrier()  # rank 0 has written best_model.pt
     trainer.load_best()                                                               # 6. evaluate the best model
     model.eval()
     metrics = {}
     with torch.no_grad():
         for name, loader in eval_loaders.items():
             for key, value in evaluate_classifier(model, loader, device, naive=naive, tbptt_chunk=args.tbptt_chunk,
-                                                  num_classes=len(label_names)).items():
+                                                  num_classes=len(label_names), dist=ctx).items():
                 metrics[f"{name}_{key}"] = value
     metrics["best_step"] = trainer.state.best_step
     metrics["steps"] = trainer.state.step
+    recorder.dump(trainer, final_hash, parameters_sha256(model) if recorder.wants_ids else "",
+                  train_pipe.stats.padding_repeats)
+    if not ctx.is_main:
+        return metrics
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     summary = {"wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(device),
                "train_tokens_per_s": history[-1]["tokens_per_s"] if history else None,

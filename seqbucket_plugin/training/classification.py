@@ -17,6 +17,7 @@ from torch import nn
 
 from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.recurrent import RecurrentEncoder
+from seqbucket_plugin.training.distributed import map_batches
 from seqbucket_plugin.training.engine import StepOutput
 from seqbucket_plugin.training.metrics import accuracy, macro_f1
 
@@ -64,14 +65,22 @@ def classification_step(naive: bool = False, tbptt_chunk: int = 0, autocast: Cal
 
 
 def evaluate_classifier(model: nn.Module, batches: Iterable, device: torch.device, *, naive: bool = False,
-                        tbptt_chunk: int = 0, num_classes: int | None = None) -> dict[str, float]:
-    """``{"accuracy", "macro_f1"}`` over ``batches`` (CPU PackedBatches with labels)."""
+                        tbptt_chunk: int = 0, num_classes: int | None = None, dist=None) -> dict[str, float]:
+    """``{"accuracy", "macro_f1"}`` over ``batches`` (CPU PackedBatches with labels).
+
+    With ``dist`` (a :class:`~seqbucket_plugin.training.distributed.DistContext` of several
+    processes) every rank passes the same unsharded batches, runs the model on its share of them
+    and gets the metrics of all of them (see :func:`~seqbucket_plugin.training.distributed.map_batches`).
+    """
+    def run(batch):
+        batch = batch.to(device, non_blocking=True)
+        return _logits(model, batch, naive, tbptt_chunk).argmax(-1).tolist(), batch.labels.tolist()
+
     predicted: list[int] = []
     gold: list[int] = []
-    for batch in batches:
-        batch = batch.to(device, non_blocking=True)
-        predicted += _logits(model, batch, naive, tbptt_chunk).argmax(-1).tolist()
-        gold += batch.labels.tolist()
+    for p, g in map_batches(batches, run, dist):
+        predicted += p
+        gold += g
     labels = range(num_classes) if num_classes else None
     return {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold, labels)}
 

@@ -74,6 +74,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int)
     train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (0: no cap)")
+    train.add_argument("--grad-accum", type=int,
+                       help="batches per optimizer step (gradient accumulation; keeps the effective batch "
+                            "when the number of processes changes)")
     train.add_argument("--lr", type=float)
     train.add_argument("--weight-decay", type=float)
     train.add_argument("--warmup-ratio", type=float)
@@ -119,7 +122,7 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
         raise RecipeError(f"{known.config}: unknown config keys {unknown}")
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
-    for flag, default in (("amp", True), ("progress", True), ("resume", False)):
+    for flag, default in (("amp", True), ("progress", True), ("resume", False), ("grad_accum", 1)):
         if getattr(args, flag) is None:
             setattr(args, flag, default)
     return args

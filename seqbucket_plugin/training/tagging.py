@@ -20,6 +20,7 @@ from torch import nn
 
 from seqbucket_plugin.datapipes import TextTokenizer
 from seqbucket_plugin.training.classification import naive_batch
+from seqbucket_plugin.training.distributed import map_batches
 from seqbucket_plugin.training.engine import StepOutput
 from seqbucket_plugin.training.metrics import is_span_scheme, span_prf, token_accuracy
 
@@ -131,12 +132,14 @@ def _decode_rows(model: nn.Module, batch, naive: bool) -> tuple[list[list[int]],
 
 
 def evaluate_tagger(model: nn.Module, batches: Iterable, device: torch.device, tag_names: Sequence[str], *,
-                    naive: bool = False) -> dict[str, float]:
+                    naive: bool = False, dist=None) -> dict[str, float]:
     """``{"accuracy"}`` (token accuracy, gold -100 skipped) plus span ``precision``/``recall``/``f1``
-    when the tags are a span scheme (BIO/IOB2/IOBES/BILOU)."""
+    when the tags are a span scheme (BIO/IOB2/IOBES/BILOU).
+
+    ``dist``: as in :func:`~seqbucket_plugin.training.classification.evaluate_classifier` (the
+    batches are shared out among the ranks; every rank gets the metrics of all of them)."""
     predicted, gold = [], []
-    for batch in batches:
-        p, g = _decode_rows(model, batch.to(device, non_blocking=True), naive)
+    for p, g in map_batches(batches, lambda b: _decode_rows(model, b.to(device, non_blocking=True), naive), dist):
         predicted += p
         gold += g
     metrics = {"accuracy": token_accuracy(predicted, gold)}
