@@ -5,11 +5,16 @@ pack-aware encoder, on a CPU or a GPU.
     python recipes/tagging.py --train-file train.conllu --dev-file dev.conllu --test-file test.conllu \
         --tag-column upos --output-dir runs/ewt
     python recipes/tagging.py --predict sentences.txt --output-dir runs/ewt
+    torchrun --nproc_per_node=2 recipes/tagging.py --output-dir runs/tagging-ddp   # 2 processes (DDP)
 
 Defaults come from recipes/configs/tagging.json (``--config`` picks another file); the command line
 overrides them. ``--output-dir`` receives config.json, tokenizer/, chars.json, labels.json,
 best_model.pt, checkpoint.pt, log.jsonl, metrics.json, run_summary.json, training_curves.png and
 lengths.png.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel (gloo on
+the CPU, NCCL on CUDA), the training batches are sharded by rank, evaluation is shared out and its
+metrics are those of the whole dev/test set, and only rank 0 writes files or prints.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceTagger
 from seqbucket_plugin.training import TrainConfig, Trainer, resolve_device, write_tagging_data
 from seqbucket_plugin.training.cli import RecipeError, parse_args, run_main, save_config
+from seqbucket_plugin.training.distributed import (
+    DebugRecorder,
+    DistContext,
+    init_distributed,
+    parameters_sha256,
+    world_size_from_env,
+)
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 from seqbucket_plugin.training.tagging import (
     CharIds,
@@ -109,8 +121,10 @@ def make_pipe(args, dataset, tokenizer, chars: CharVocab, device, *, train: bool
         size = {"batch_size": args.batch_size or 32}
     else:
         size = {"max_tokens": args.max_tokens, "oversize": "truncate"}
+    shard = {} if train else {"rank": 0, "world_size": 1}  # evaluation: every rank sees every batch
     pipe = (Pipe.from_hf(dataset)
-            .bucket_batch(**size, num_buckets=1 if naive else args.num_buckets, shuffle=train, seed=args.seed)
+            .bucket_batch(**size, num_buckets=1 if naive else args.num_buckets, shuffle=train, seed=args.seed,
+                          **shard)
             .pack(pad_id=tokenizer.pad_id))
     if use_chars(args):
         pipe = pipe.map(CharIds(chars))
@@ -155,18 +169,51 @@ def main(argv: Sequence[str] | None = None) -> dict:
     datasets.disable_progress_bars()
     out = Path(args.output_dir)
     if args.predict:
+        if world_size_from_env() > 1 and os.environ.get("RANK", "0") != "0":
+            return {"predictions": 0}  # under torchrun only rank 0 predicts
         return predict(args, out)
-    device = resolve_device(args.device)
+    ctx = init_distributed(args.device)
+    try:
+        with ctx.quiet_unless_main():
+            return train(args, out, ctx)
+    finally:
+        ctx.close()
+
+
+def prepare(args, out: Path, recorder: DebugRecorder, vocabularies: tuple | None = None):
+    """Steps 1-2 and tokenization: splits, tag names, vocabularies, tokenized splits. Writes the
+    vocabularies, labels and config unless ``vocabularies`` are given (other ranks under torchrun)."""
+    splits, tag_names = load_data(args, out)                                            # 1. data
+    if recorder.wants_ids:
+        splits["train"] = splits["train"].add_column("idx", list(range(len(splits["train"]))))
+    if vocabularies is None:
+        tokenizer, chars = build_vocabularies(args, splits["train"], out)               # 2. vocabularies
+        (out / "labels.json").write_text(json.dumps(tag_names) + "\n", encoding="utf-8")
+        save_config({k: v for k, v in vars(args).items() if k not in ("resume", "predict", "predictions")}, out)
+    else:
+        tokenizer, chars = vocabularies
+    tokenized = {name: tokenize(args, tokenizer, split, keep=("tokens", "idx") if name == "train" and
+                                recorder.wants_ids else ("tokens",)) for name, split in splits.items()}
+    return splits, tag_names, tokenizer, chars, tokenized
+
+
+def train(args, out: Path, ctx: DistContext) -> dict:
+    """Steps 1-7 (in every process under torchrun; rank 0 writes the files)."""
+    device = ctx.device
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
+    recorder = DebugRecorder(ctx)
 
-    splits, tag_names = load_data(args, out)                                            # 1. data
-    tokenizer, chars = build_vocabularies(args, splits["train"], out)                   # 2. vocabularies
-    (out / "labels.json").write_text(json.dumps(tag_names) + "\n", encoding="utf-8")
-    save_config({k: v for k, v in vars(args).items() if k not in ("resume", "predict", "predictions")}, out)
-    tokenized = {name: tokenize(args, tokenizer, split) for name, split in splits.items()}
+    # rank 0 first (it writes generated data, vocabularies, config); then the others read them
+    if ctx.is_main:
+        splits, tag_names, tokenizer, chars, tokenized = prepare(args, out, recorder)
+    args.train_file, args.dev_file, args.test_file = ctx.broadcast_object(
+        (args.train_file, args.dev_file, args.test_file))
+    if not ctx.is_main:
+        vocabularies = TextTokenizer.load(out / "tokenizer"), CharVocab.load(out / "chars.json")
+        splits, tag_names, tokenizer, chars, tokenized = prepare(args, out, recorder, vocabularies)
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, chars, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, chars, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
@@ -176,26 +223,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
                          eval_every=args.eval_every, save_every=args.save_every, metric="accuracy",
-                         amp=args.amp, progress=args.progress, seed=args.seed)
+                         amp=args.amp, progress=args.progress, seed=args.seed, grad_accum=args.grad_accum)
     trainer = Trainer(                                                                   # 5. train
         model, train_pipe.loader(), None,
-        lambda m: evaluate_tagger(m, eval_loaders["dev"], device, tag_names, naive=naive),
+        lambda m: evaluate_tagger(m, eval_loaders["dev"], device, tag_names, naive=naive, dist=ctx),
         config, out, device, steps_per_epoch=train_pipe.batcher.num_batches(0), batch_stats=lambda: train_pipe.stats,
+        dist=ctx,
     )
-    trainer.train_step = tagging_step(naive=naive, autocast=trainer.autocast)
-    print(f"training {args.encoder} tagger ({sum(p.numel() for p in model.parameters()):,} parameters) on {device}: "
-          f"{len(tokenized['train']):,} sentences, {len(tag_names)} tags, {trainer.steps_per_epoch} batches per epoch")
+    trainer.train_step = recorder.wrap(tagging_step(naive=naive, autocast=trainer.autocast))
+    where = f"{device}" + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+    print(f"training {args.encoder} tagger ({sum(p.numel() for p in model.parameters()):,} parameters) on {where}: "
+          f"{len(tokenized['train']):,} sentences, {len(tag_names)} tags, {trainer.steps_per_epoch} batches per epoch"
+          + (" per process" if ctx.enabled else ""))
     history = trainer.fit(resume=args.resume)
+    final_hash = parameters_sha256(model) if recorder.wants_ids else ""
 
+    ctx.barrier()  # rank 0 has written best_model.pt
     trainer.load_best()                                                                  # 6. evaluate the best model
     model.eval()
     metrics = {}
     with torch.no_grad():
         for name, loader in eval_loaders.items():
-            for key, value in evaluate_tagger(model, loader, device, tag_names, naive=naive).items():
+            for key, value in evaluate_tagger(model, loader, device, tag_names, naive=naive, dist=ctx).items():
                 metrics[f"{name}_{key}"] = value
     metrics["best_step"] = trainer.state.best_step
     metrics["steps"] = trainer.state.step
+    recorder.dump(trainer, final_hash, parameters_sha256(model) if recorder.wants_ids else "",
+                  train_pipe.stats.padding_repeats)
+    if not ctx.is_main:
+        return metrics
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     summary = {"wall_time_s": round(time.perf_counter() - t_start, 1), "device": str(device),
                "train_tokens_per_s": history[-1]["tokens_per_s"] if history else None,

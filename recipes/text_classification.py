@@ -220,7 +220,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
                          eval_every=args.eval_every, save_every=args.save_every, metric="accuracy",
-                         amp=args.amp, progress=args.progress, seed=args.seed)
+                         amp=args.amp, progress=args.progress, seed=args.seed, grad_accum=args.grad_accum)
     trainer = Trainer(                                                                # 5. train
         model, train_pipe.loader(), None,
         lambda m: evaluate_classifier(m, eval_loaders["dev"], device, naive=naive, tbptt_chunk=args.tbptt_chunk,
