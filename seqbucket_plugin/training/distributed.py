@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import sys
@@ -175,15 +174,18 @@ def map_batches(batches: Iterable, fn: Callable[[Any], Any], ctx: DistContext | 
     return [per_rank[i % ctx.world_size][i // ctx.world_size] for i in range(total)]
 
 
-def parameters_sha256(model: nn.Module) -> str:
-    """A hash of every tensor of ``model.state_dict()`` (names sorted; bytes of the CPU tensors)."""
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A hash of every tensor of a state dict (names sorted; bytes of the CPU tensors)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
-        buf = io.BytesIO()
-        buf.write(tensor.detach().cpu().contiguous().numpy().tobytes())
-        h.update(buf.getvalue())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def parameters_sha256(model: nn.Module) -> str:
+    """:func:`state_dict_sha256` of ``model.state_dict()``."""
+    return state_dict_sha256(model.state_dict())
 
 
 class DebugRecorder:

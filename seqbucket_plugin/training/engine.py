@@ -26,8 +26,9 @@ all-reduces the gradients after the group instead, for steps that do not call th
 same metrics on every rank (early stopping and the best model follow from them, so every rank
 takes the same decisions); the logged train loss, tokens/s and padding efficiency are reduced over
 the ranks. Only rank 0 writes ``log.jsonl``, ``best_model.pt`` and ``checkpoint.pt``; the
-checkpoint stores the world size and every rank's RNG and loader states (gathered to rank 0), and
-a resume restores each rank's own and refuses a different world size.
+checkpoint stores the world size and every rank's RNG, loader and loop states (gathered to rank 0;
+the loop states differ only in the running train loss and token count), and a resume restores each
+rank's own and refuses a different world size.
 """
 
 from __future__ import annotations
@@ -282,8 +283,8 @@ class Trainer:
         rng = capture_rng_state(cuda=self.device.type == "cuda")
         loader = self.loader.state_dict()
         extra: dict[str, Any] = {}
-        if self.dist is not None:  # every rank's own RNG and loader states, gathered to rank 0
-            extra["ranks"] = self.dist.all_gather_object({"rng": rng, "loader": loader})
+        if self.dist is not None:  # every rank's own RNG, loader and loop states (its running loss), to rank 0
+            extra["ranks"] = self.dist.all_gather_object({"rng": rng, "loader": loader, "loop": state})
             if not self.is_main:
                 return
         atomic_save({
@@ -317,7 +318,7 @@ class Trainer:
             if not isinstance(ranks, list) or len(ranks) != world:
                 raise SeqBucketError(f"{CHECKPOINT_FILE}: the per-rank states of the {world} processes are missing")
             own = ranks[self.dist.rank]
-            ckpt["rng"], ckpt["loader"] = own["rng"], own["loader"]
+            ckpt["rng"], ckpt["loader"], ckpt["loop"] = own["rng"], own["loader"], own["loop"]
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
