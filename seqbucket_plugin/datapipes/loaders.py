@@ -821,9 +821,13 @@ def _where(path: Path, line: int | None) -> str:
 
 
 def _require_columns(table: pa.Table, columns: Sequence[str], path: Path) -> None:
+    names = table.column_names
     for column in columns:
-        if column not in table.column_names:
-            raise MissingColumnError(column, table.column_names, os.fspath(path))
+        if column not in names:
+            raise MissingColumnError(column, names, os.fspath(path))
+    repeated = sorted({column for column in columns if names.count(column) > 1})
+    if repeated:
+        raise DataFormatError(f"column name(s) {repeated} appear more than once among {names}", path)
 
 
 def _schema_class_names(schema: pa.Schema, column: str) -> list[str] | None:
