@@ -260,7 +260,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     print("metrics: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
     plot_training_curves(history, "accuracy", out / "training_curves.png")           # 7. pictures
-    plot_lengths(np.asarray(tokenized["train"]["length"]), getattr(train_pipe.batcher, "_boundaries", None),
+    plot_lengths(np.asarray(tokenized["train"]["length"]), train_pipe.batcher.boundaries,
                  summary["padding_efficiency"], out / "lengths.png")
     return metrics
 

@@ -563,6 +563,11 @@ class BucketBatcher(BaseNode[list[dict]]):
             self.STATS_KEY: self.stats.as_dict(),
         }
 
+    @property
+    def boundaries(self) -> np.ndarray | None:
+        """Bucket upper edges in use (int64, ascending), or None before they are estimated."""
+        return None if self._boundaries is None else self._boundaries.copy()
+
     def num_batches(self, epoch: int = 0) -> int:
         """Batches this rank yields in ``epoch`` (map-style sources only; plans without iterating)."""
         if not self.indexed:
