@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.pooling import Pooler
 
-STRATEGIES = ("auto", "padded_exact", "packed")
+STRATEGIES = ("auto", "padded_exact", "packed", "padded_static")
 
 
 class EncoderOutput(NamedTuple):
@@ -55,7 +55,7 @@ def to_device_index(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Move a CPU index/mask tensor to ``device`` without a host-device synchronisation."""
     if device.type == "cpu":
         return t
-    if device.type == "cuda":
+    if device.type == "cuda" and not torch.compiler.is_compiling():
         t = t.pin_memory()
     return t.to(device, non_blocking=True)
 
@@ -71,13 +71,20 @@ def resolve_lengths(
     batch_size: int,
     T: int,
 ) -> torch.Tensor:
-    """Validated ``(B,)`` int64 CPU lengths from ``lengths`` or a prefix ``mask`` (or all ``T``)."""
+    """Validated ``(B,)`` int64 CPU lengths from ``lengths`` or a prefix ``mask`` (or all ``T``).
+
+    Under ``torch.compile``/``torch.export`` (:func:`torch.compiler.is_compiling`) only the
+    checks on shapes and dtypes run: the checks on values (lengths in ``[0, T]``, a mask without
+    holes, mask and lengths agreeing) would be data-dependent control flow, so they are skipped
+    there; validate inputs before a compiled or exported encoder if they are untrusted.
+    """
+    tracing = torch.compiler.is_compiling()
     if mask is not None:
         if mask.dim() != 2 or tuple(mask.shape) != (batch_size, T):
             raise EncoderInputError(f"mask must have shape (B, T) = {(batch_size, T)}, got {tuple(mask.shape)}")
         mask_cpu = mask.detach().to("cpu", torch.bool)
         from_mask = mask_cpu.sum(1)
-        if not torch.equal(mask_cpu, prefix_mask(from_mask, T)):
+        if not tracing and not torch.equal(mask_cpu, prefix_mask(from_mask, T)):
             bad = (mask_cpu != prefix_mask(from_mask, T)).any(1).nonzero().flatten()[:5].tolist()
             raise EncoderInputError(
                 "mask has holes (or left padding) in rows "
@@ -96,9 +103,9 @@ def resolve_lengths(
     lengths = lengths.reshape(-1) if lengths.dim() == 0 or lengths.dim() == 1 else lengths
     if lengths.dim() != 1 or lengths.numel() != batch_size:
         raise EncoderInputError(f"lengths must have shape ({batch_size},), got {tuple(lengths.shape)}")
-    if batch_size and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+    if batch_size and not tracing and (int(lengths.min()) < 0 or int(lengths.max()) > T):
         raise EncoderInputError(f"lengths must lie in [0, {T}], got min {int(lengths.min())} max {int(lengths.max())}")
-    if mask is not None and not torch.equal(from_mask.long(), lengths):
+    if mask is not None and not tracing and not torch.equal(from_mask.long(), lengths):
         raise EncoderInputError("mask and lengths disagree")
     return lengths
 

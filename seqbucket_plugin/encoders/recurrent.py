@@ -1,6 +1,6 @@
 """Pack-aware LSTM/GRU encoders (``lstm``, ``gru``, ``bilstm``, ``bigru``).
 
-Two exact execution strategies give the same results (to float rounding):
+Three exact execution strategies give the same results (to float rounding):
 
 ``padded_exact`` (the default on CPU)
     No ``PackedSequence``. Rows are taken longest first and time is cut at the distinct lengths
@@ -20,6 +20,28 @@ Two exact execution strategies give the same results (to float rounding):
 
 ``packed`` (the default on CUDA, where cuDNN's packed kernels are fast)
     Each layer runs once over a :class:`~torch.nn.utils.rnn.PackedSequence`.
+
+``padded_static`` (what ``auto`` and ``padded_exact`` run under ``torch.compile``/``torch.export``)
+    No data-dependent Python control flow, so it traces. Each layer is one fused (bidirectional)
+    kernel call over the whole right-padded batch, in any row order, with one extra input
+    feature equal to 1 at padded positions whose weights saturate gates exactly (LSTM: forget
+    gate 1, input gate 0; GRU: update gate 1), with margin over a bound computed from the
+    weights. The forward direction reads real tokens first (exact outputs; ``h_n`` gathered at
+    ``len - 1``; the LSTM cell state is frozen over the padding, so ``c_n`` is exact). The
+    reverse direction reads the padding first and stays exactly at the zero state there, so it
+    enters each row's real tokens exactly as if the row ran alone. Saturated gates have zero
+    derivative: the padding contributes nothing to gradients. Exact to float rounding, like the
+    others (see :meth:`RecurrentEncoder._run_static`). Value checks on lengths/masks are skipped
+    while tracing (see :func:`~seqbucket_plugin.encoders.resolve_lengths`).
+
+    What PyTorch (2.13, CPU) then does with it: inductor forward+backward works for LSTM and
+    GRU, but PyTorch's lowering of ``aten.lstm``/``aten.gru`` for training unrolls the
+    recurrence over time, so a compiled graph is specialised to the padded length T (the batch
+    size stays dynamic with ``dynamic=True``; compile time grows with T). LSTM inference
+    (eval/no_grad) lowers to one oneDNN layer and is dynamic in B and T; GRU inference is
+    unrolled too. ``torch.export`` (eval) works with a dynamic batch size, but export also
+    unrolls (``nn.LSTM`` alike), so T is fixed to the example's: pad batches to the exported T
+    (padding is exact). ``packed`` does not trace (an explicit ``strategy="packed"`` is kept).
 
 The weights are stored under ``nn.LSTM``/``nn.GRU`` names (``weight_ih_l0``,
 ``weight_hh_l0_reverse``...), so a ``state_dict`` moves between this encoder and
@@ -43,6 +65,7 @@ from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.registry import register_encoder
 
 _CUDNN_CHUNK_WARNING = ".*weights are not part of single contiguous chunk of memory.*"
+_FREEZE_MARGIN = 1000.0  # padded_static: how far past the bound the frozen gates' pre-activations lie
 
 
 def _check_p(name: str, p: float) -> float:
@@ -70,13 +93,15 @@ class RecurrentEncoder(SequenceEncoder):
             per forward, training only; AWD-LSTM style).
         forget_bias: initial forget-gate bias of LSTMs (the two bias vectors sum to it).
         pooling: see :class:`~seqbucket_plugin.encoders.Pooler`.
-        strategy: ``"auto"`` (``packed`` on CUDA, ``padded_exact`` elsewhere), ``"packed"`` or
-            ``"padded_exact"``; a per-call ``strategy=`` overrides it.
+        strategy: ``"auto"`` (``packed`` on CUDA, ``padded_exact`` elsewhere, ``padded_static``
+            while compiling/exporting), ``"packed"``, ``"padded_exact"`` (run as
+            ``padded_static`` while compiling/exporting) or ``"padded_static"``; a per-call
+            ``strategy=`` overrides it.
         min_kernel_steps: in ``padded_exact``, the shortest run of time steps given to one kernel
             call (shorter length segments are merged).
     """
 
-    strategies = ("padded_exact", "packed")
+    strategies = ("padded_exact", "packed", "padded_static")
 
     def __init__(
         self,
@@ -182,7 +207,17 @@ class RecurrentEncoder(SequenceEncoder):
 
     # ------------------------------------------------------------------ contract
     def default_strategy(self, device: torch.device) -> str:
+        if torch.compiler.is_compiling():  # torch.compile and torch.export
+            return "padded_static"
         return "packed" if device.type == "cuda" else "padded_exact"
+
+    def resolve_strategy(self, strategy: str | None, device: torch.device) -> str:
+        chosen = super().resolve_strategy(strategy, device)
+        if chosen == "padded_exact" and torch.compiler.is_compiling():
+            # the length-driven plan of padded_exact cannot be traced; padded_static computes the
+            # same exact results without data-dependent control flow
+            return "padded_static"
+        return chosen
 
     def encode(self, x, lengths, mask, strategy):
         B, T, _ = x.shape
@@ -191,6 +226,8 @@ class RecurrentEncoder(SequenceEncoder):
         device = x.device
         weights = self._weights()
         x = self._apply_dropout(x, self.input_dropout, self._dropout_mask(B, self.input_size, self.input_dropout, x))
+        if strategy == "padded_static":
+            return self._encode_static(x, lengths, mask, weights)
         lens = lengths.tolist()  # CPU tensor: no synchronisation
         is_sorted = all(a >= b for a, b in zip(lens, lens[1:]))
         inv = None
@@ -358,6 +395,104 @@ class RecurrentEncoder(SequenceEncoder):
                 m = between[layer]
                 inp = F.dropout(inp, p=self.dropout, training=True) if m is None else inp * m[:n0].unsqueeze(0)
         return inp.transpose(0, 1), [torch.stack(f, 0) for f in finals if f]
+
+    # ------------------------------------------------------------------ padded_static
+    def _encode_static(self, x, lengths, mask, weights):
+        """:meth:`encode` for ``padded_static``: no Python control flow on the lengths' values."""
+        B, T, _ = x.shape
+        between = [self._dropout_mask(B, self.output_size, self.dropout, x) for _ in range(self.num_layers - 1)]
+        if B == 0 or T == 0:  # shapes only (the kernels reject empty inputs)
+            states, finals = self._empty(x, B, T)
+        else:
+            if any(m is not None for m in between):
+                # the other strategies apply locked between-layer masks to the rows sorted by
+                # length (longest first, stable): the same rows get the same masks here
+                perm = torch.sort(lengths, descending=True, stable=True)[1]
+                inv = to_device_index(torch.argsort(perm), x.device)
+                between = [m.index_select(0, inv) for m in between]
+            states, finals = self._run_static(x, lengths, mask, weights, between)
+        states = self._apply_dropout(
+            states, self.output_dropout, self._dropout_mask(B, self.output_size, self.output_dropout, states)
+        )
+        final = (finals[0], finals[1]) if self.mode == "lstm" else finals[0]
+        return states, final
+
+    def _frozen_weights(self, w: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``[w_ih | pad column, w_hh, b_ih, b_hh]``: the weights of the extra "padding" input.
+
+        At a padded position every input feature is 0 and the padding feature is 1, so the gate
+        pre-activations are ``column + w_hh h + b_ih + b_hh``. With ``|h| <= 1`` (true for LSTM
+        and GRU outputs from a zero state) the last two terms are bounded by
+        ``bound = max_rows(sum |w_hh| + |b_ih + b_hh|)``, so a column of ``+-(bound + 1000)``
+        saturates the gates it touches exactly: LSTM forget gate ``sigmoid = 1``, input gate
+        ``sigmoid = 0`` (``c' = 1 * c + 0 * g = c`` bit for bit); GRU update gate ``z = 1``
+        (``h' = z * h + (1 - z) * n = h`` when ``h = 0``, the only case relied on). The saturated
+        gates also have exactly zero derivative, so padded steps add nothing to any gradient.
+        At real positions the extra feature is 0 and the column contributes exactly nothing.
+        """
+        w_ih, w_hh, b_ih, b_hh = w
+        H = self.hidden_size
+        bound = w_hh.detach().abs().sum(1) + (b_ih.detach() + b_hh.detach()).abs()
+        big = bound.amax() + _FREEZE_MARGIN
+        # LSTM gates (i, f, g, o): i -> -big, f -> +big. GRU gates (r, z, n): z -> +big.
+        sign = (-1.0, 1.0, 0.0, 0.0) if self.mode == "lstm" else (0.0, 1.0, 0.0)
+        col = torch.tensor(sign, dtype=w_ih.dtype, device=w_ih.device).repeat_interleave(H) * big
+        return [torch.cat([w_ih, col.unsqueeze(1)], 1), w_hh, b_ih, b_hh]
+
+    def _run_static(self, x, lengths, mask, weights, between):
+        """``x (B, T, D)`` right-padded, any row order, empty rows allowed: one fused call per layer.
+
+        Each layer is a single (bidirectional) fused kernel call over the whole padded batch,
+        given one extra input feature that is 1 at padded positions (:meth:`_frozen_weights`).
+
+        * forward direction: real positions come first, so their outputs are exact; ``h_n`` is
+          the output at ``len - 1`` (gathered); an LSTM's cell state is frozen over the padding,
+          so the kernel's ``c_n`` is the cell state at ``len - 1``, exactly;
+        * reverse direction: the kernel reads the padding first; from the zero initial state
+          the frozen gates keep ``(h, c) = (0, 0)`` exactly (LSTM: ``c = 1 * 0 + 0 * g = 0``,
+          ``h = o * tanh(0) = 0``; GRU: ``h = 1 * 0 + 0 * n = 0``), so every row enters its real
+          tokens from the exact zero state, as if run alone; the kernel's final states are exact.
+
+        Padded positions of the outputs are zeroed; final states of empty rows are zero.
+        """
+        B, T, _ = x.shape
+        H = self.hidden_size
+        lstm = self.mode == "lstm"
+        m = mask.unsqueeze(-1)  # (B, T, 1) bool on x's device
+        freeze = lstm or self.bidirectional  # a unidirectional GRU needs no frozen state
+        compiling = torch.compiler.is_compiling()
+        lens = lengths.to(x.device)
+        last = (lens - 1).clamp(min=0).view(B, 1, 1).expand(B, 1, H)
+        nonempty = (lens > 0).to(x.dtype).view(1, B, 1)
+        pad = (~m).to(x.dtype)
+        h0 = x.new_zeros(self.num_directions, B, H)
+        inp = torch.where(m, x, 0.0)  # the padding may hold anything (even NaN)
+        hs, cs = [], []
+        for layer, per_dir in enumerate(weights):
+            flat = [t for w in per_dir for t in (self._frozen_weights(w) if freeze else w)]
+            xin = torch.cat([inp, pad], -1) if freeze else inp
+            if compiling and torch.is_grad_enabled() and not xin.requires_grad and flat[0].requires_grad:
+                # PyTorch's compile-time LSTM decomposition picks an inference-only oneDNN layer
+                # when the input needs no gradient, which breaks backward (to the weights) under
+                # inductor; adding an exact 0 that requires grad selects the trainable lowering
+                xin = xin + flat[0][:0].sum()
+            if lstm:
+                out, h, c = _VF.lstm(xin, (h0, h0), flat, True, 1, 0.0, self.training, self.bidirectional, True)
+                cs.append(c)
+            else:
+                out, h = _VF.gru(xin, h0, flat, True, 1, 0.0, self.training, self.bidirectional, True)
+            out = torch.where(m, out, 0.0)
+            hs.append(out[..., :H].gather(1, last).transpose(0, 1))  # forward h_n: output at len - 1
+            if self.bidirectional:
+                hs.append(h[1:])  # reverse h_n: the kernel's (exact) final state
+            inp = out
+            if layer < self.num_layers - 1 and self.training and self.dropout > 0:
+                mk = between[layer]
+                inp = F.dropout(inp, p=self.dropout, training=True) if mk is None else inp * mk.unsqueeze(1)
+        finals = [torch.cat(hs, 0) * nonempty]
+        if lstm:
+            finals.append(torch.cat(cs, 0) * nonempty)
+        return inp, finals
 
     # ------------------------------------------------------------------ packed
     def _run_packed(self, x, lens, weights, between):
