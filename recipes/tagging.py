@@ -35,8 +35,17 @@ from seqbucket_plugin.datapipes import Pipe, load_tagging_splits, tokenize_tagge
 from seqbucket_plugin.datapipes.tokenize import TextTokenizer
 from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceTagger
-from seqbucket_plugin.training import TrainConfig, Trainer, resolve_device, write_tagging_data
-from seqbucket_plugin.training.cli import RecipeError, parse_args, run_main, save_config
+from seqbucket_plugin.training import Trainer, resolve_device, write_tagging_data
+from seqbucket_plugin.training.checkpoint import load_checkpoint
+from seqbucket_plugin.training.cli import (
+    RecipeError,
+    checkpoint_to_resume,
+    parse_args,
+    run_main,
+    run_options,
+    save_config,
+    train_config,
+)
 from seqbucket_plugin.training.distributed import (
     DebugRecorder,
     DistContext,
@@ -44,6 +53,7 @@ from seqbucket_plugin.training.distributed import (
     parameters_sha256,
     world_size_from_env,
 )
+from seqbucket_plugin.training.fingerprint import run_fingerprint
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 from seqbucket_plugin.training.tagging import (
     CharIds,
@@ -188,8 +198,9 @@ def prepare(args, out: Path, recorder: DebugRecorder, vocabularies: tuple | None
         splits["train"] = splits["train"].add_column("idx", list(range(len(splits["train"]))))
     if vocabularies is None:
         tokenizer, chars = build_vocabularies(args, splits["train"], out)               # 2. vocabularies
-        (out / "labels.json").write_text(json.dumps(tag_names) + "\n", encoding="utf-8")
-        save_config({k: v for k, v in vars(args).items() if k not in ("resume", "predict", "predictions")}, out)
+        if not args.resuming:  # a resume keeps the files of its run (the fingerprint check comes first)
+            (out / "labels.json").write_text(json.dumps(tag_names) + "\n", encoding="utf-8")
+            save_config(run_options(args), out)
     else:
         tokenizer, chars = vocabularies
     tokenized = {name: tokenize(args, tokenizer, split, keep=("tokens", "idx") if name == "train" and
@@ -205,6 +216,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     recorder = DebugRecorder(ctx)
+    args.resuming = checkpoint_to_resume(args, out)  # an unreadable checkpoint fails here, before any write
 
     # rank 0 first (it writes generated data, vocabularies, config); then the others read them
     if ctx.is_main:
@@ -220,15 +232,15 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id)  # 4. model
     naive = args.batching == "naive"
 
-    config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
-                         warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
-                         eval_every=args.eval_every, save_every=args.save_every, metric="accuracy",
-                         amp=args.amp, progress=args.progress, seed=args.seed, grad_accum=args.grad_accum)
+    config = train_config(args, metric="accuracy")
     trainer = Trainer(                                                                   # 5. train
         model, train_pipe.loader(), None,
         lambda m: evaluate_tagger(m, eval_loaders["dev"], device, tag_names, naive=naive, dist=ctx),
         config, out, device, steps_per_epoch=train_pipe.batcher.num_batches(0), batch_stats=lambda: train_pipe.stats,
         dist=ctx,
+        fingerprint=run_fingerprint(run_options(args), train=tokenized["train"], dev=tokenized["dev"],
+                                    vocabularies=[tokenizer.tokenizer.to_str(), json.dumps(chars.chars)],
+                                    labels=tag_names),
     )
     trainer.train_step = recorder.wrap(tagging_step(naive=naive, autocast=trainer.autocast))
     where = f"{device}" + (f" x {ctx.world_size} processes" if ctx.enabled else "")
@@ -236,6 +248,8 @@ def train(args, out: Path, ctx: DistContext) -> dict:
           f"{len(tokenized['train']):,} sentences, {len(tag_names)} tags, {trainer.steps_per_epoch} batches per epoch"
           + (" per process" if ctx.enabled else ""))
     history = trainer.fit(resume=args.resume)
+    if args.resuming and ctx.is_main:
+        save_config(run_options(args), out)
     final_hash = parameters_sha256(model) if recorder.wants_ids else ""
 
     ctx.barrier()  # rank 0 has written best_model.pt
@@ -300,7 +314,7 @@ def predict(args, out: Path) -> dict:
                                      "idx": list(range(len(sentences)))})
     tokenized = tokenize(args, tokenizer, ds, keep=("tokens", "idx"))
     model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id).to(device)
-    model.load_state_dict(torch.load(out / "best_model.pt", map_location=device, weights_only=True))
+    model.load_state_dict(load_checkpoint(out / "best_model.pt", map_location=device))
     model.eval()
     from seqbucket_plugin.training.tagging import predict_tags
 

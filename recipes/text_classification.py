@@ -33,13 +33,22 @@ import torch
 from seqbucket_plugin.datapipes import Pipe, TextTokenizer, load_classification_splits, tokenize_dataset
 from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceClassifier
-from seqbucket_plugin.training import TrainConfig, Trainer, resolve_device, write_classification_data
+from seqbucket_plugin.training import Trainer, resolve_device, write_classification_data
+from seqbucket_plugin.training.checkpoint import load_checkpoint
 from seqbucket_plugin.training.classification import (
     classification_step,
     evaluate_classifier,
     predict_classifier,
 )
-from seqbucket_plugin.training.cli import RecipeError, parse_args, run_main, save_config
+from seqbucket_plugin.training.cli import (
+    RecipeError,
+    checkpoint_to_resume,
+    parse_args,
+    run_main,
+    run_options,
+    save_config,
+    train_config,
+)
 from seqbucket_plugin.training.distributed import (
     DebugRecorder,
     DistContext,
@@ -47,6 +56,7 @@ from seqbucket_plugin.training.distributed import (
     parameters_sha256,
     world_size_from_env,
 )
+from seqbucket_plugin.training.fingerprint import run_fingerprint
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "text_classification.json")
@@ -188,8 +198,9 @@ def prepare(args, out: Path, recorder: DebugRecorder, tokenizer: TextTokenizer |
         splits["train"] = splits["train"].add_column("idx", list(range(len(splits["train"]))))
     if tokenizer is None:
         tokenizer = build_tokenizer(args, splits["train"], out)                      # 2. tokenizer
-        (out / "labels.json").write_text(json.dumps(label_names) + "\n", encoding="utf-8")
-        save_config({k: v for k, v in vars(args).items() if k not in ("resume", "predict", "predictions")}, out)
+        if not args.resuming:  # a resume keeps the files of its run (the fingerprint check comes first)
+            (out / "labels.json").write_text(json.dumps(label_names) + "\n", encoding="utf-8")
+            save_config(run_options(args), out)
     tokenized = {name: tokenize(args, tokenizer, split, keep=("idx",) if name == "train" and recorder.wants_ids
                                 else ()) for name, split in splits.items()}
     return splits, label_names, tokenizer, tokenized
@@ -203,6 +214,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     recorder = DebugRecorder(ctx)
+    args.resuming = checkpoint_to_resume(args, out)  # an unreadable checkpoint fails here, before any write
 
     # rank 0 first (it writes generated data, tokenizer, config); then the others read them
     if ctx.is_main:
@@ -217,16 +229,15 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     model = build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id)  # 4. model
     naive = args.batching == "naive"
 
-    config = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
-                         warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
-                         eval_every=args.eval_every, save_every=args.save_every, metric="accuracy",
-                         amp=args.amp, progress=args.progress, seed=args.seed, grad_accum=args.grad_accum)
+    config = train_config(args, metric="accuracy")
     trainer = Trainer(                                                                # 5. train
         model, train_pipe.loader(), None,
         lambda m: evaluate_classifier(m, eval_loaders["dev"], device, naive=naive, tbptt_chunk=args.tbptt_chunk,
                                       num_classes=len(label_names), dist=ctx),
         config, out, device, steps_per_epoch=train_pipe.batcher.num_batches(0), batch_stats=lambda: train_pipe.stats,
         dist=ctx, grad_sync="manual" if args.tbptt_chunk else "ddp",  # TBPTT does not call forward()
+        fingerprint=run_fingerprint(run_options(args), train=tokenized["train"], dev=tokenized["dev"],
+                                    vocabularies=[tokenizer.tokenizer.to_str()], labels=label_names),
     )
     trainer.train_step = recorder.wrap(
         classification_step(naive=naive, tbptt_chunk=args.tbptt_chunk, autocast=trainer.autocast))
@@ -235,6 +246,8 @@ def train(args, out: Path, ctx: DistContext) -> dict:
           f"{len(tokenized['train']):,} examples, {trainer.steps_per_epoch} batches per epoch"
           + (" per process" if ctx.enabled else ""))
     history = trainer.fit(resume=args.resume)
+    if args.resuming and ctx.is_main:
+        save_config(run_options(args), out)
     final_hash = parameters_sha256(model) if recorder.wants_ids else ""
 
     ctx.barrier()  # rank 0 has written best_model.pt
@@ -305,7 +318,7 @@ def predict(args, out: Path) -> dict:
     ds = datasets.Dataset.from_dict({"text": texts, "idx": list(range(len(texts)))})
     tokenized = tokenize(args, tokenizer, ds, keep=["idx"])
     model = build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id).to(device)
-    model.load_state_dict(torch.load(out / "best_model.pt", map_location=device, weights_only=True))
+    model.load_state_dict(load_checkpoint(out / "best_model.pt", map_location=device))
     model.eval()
     loader = make_pipe(args, tokenized, tokenizer, device, train=False).loader() if texts else []
     preds = predict_classifier(model, loader, device, naive=args.batching == "naive", tbptt_chunk=args.tbptt_chunk)

@@ -52,3 +52,28 @@ class OversizeExampleError(SeqBucketError, ValueError):
 
 class StateDictError(SeqBucketError, ValueError):
     """A state dict does not match the pipeline it is loaded into."""
+
+
+class CheckpointError(SeqBucketError):
+    """A checkpoint cannot be read, written or used: truncated, corrupt, not a plain-data file
+    (refused without running its code), written by a different model or run, or the disk is full.
+    ``path`` names the file."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class ResumeMismatchError(SeqBucketError):
+    """``--resume`` would continue a run on different data, tokenizer, labels, settings or number
+    of processes than those that wrote the checkpoint; the message lists every difference."""
+
+
+class NonFiniteLossError(SeqBucketError, FloatingPointError):
+    """A training loss was NaN or infinite and the policy is ``"stop"``; the message names the
+    step, epoch and batch."""
+
+
+class BatchOutOfMemoryError(SeqBucketError, MemoryError):
+    """A batch did not fit in the device's memory; the message names its shape and a
+    ``--max-tokens`` that would fit."""

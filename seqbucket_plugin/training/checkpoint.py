@@ -3,24 +3,39 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(..., weights_only=True)`` (no pickled code). Writes go to a temporary file in the
 target's directory, are flushed and fsynced, then ``os.replace``-d over the target: a reader (or
-a run killed with SIGKILL mid-write) sees the old file or the new one, never half of one.
+a run killed with SIGKILL mid-write) sees the old file or the new one, never half of one; a write
+that fails (a full disk) removes its temporary file and leaves the previous checkpoint as it was.
+
+Loads check the zip archive's CRC32 of every entry first (``torch.load`` alone accepts a file whose
+tensor bytes were damaged and returns wrong numbers), then unpickle with ``weights_only=True``: a
+file holding anything but tensors and plain containers is refused without running any of it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "capture_rng_state", "load_checkpoint", "restore_rng_state"]
+from seqbucket_plugin.errors import CheckpointError
+
+__all__ = ["atomic_save", "capture_rng_state", "load_checkpoint", "restore_rng_state", "verify_checkpoint"]
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    """``torch.save(obj)`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+
+    Raises:
+        CheckpointError: the write failed (e.g. no space left on device); the temporary file is
+            removed and a previous file at ``path`` is unchanged.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -31,9 +46,13 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err).lower()):
+            full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+            kept = "the previous file is unchanged" if os.path.exists(path) else "nothing was written"
+            raise CheckpointError(f"could not write ({'disk full: ' if full else ''}{err}); {kept}", path) from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -47,15 +66,49 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`atomic_save` with ``weights_only=True``.
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Check that ``path`` is a complete ``torch.save`` zip archive whose entries match their CRC32.
 
     Raises:
         FileNotFoundError: no such file.
+        CheckpointError: empty, truncated, not a zip archive, or an entry's bytes are damaged.
     """
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {os.fspath(path)}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError("the file is empty (truncated checkpoint)", path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise CheckpointError(f"not a complete checkpoint: truncated, corrupt or not written by torch.save "
+                              f"({err})", path) from err
+    if damaged is not None:
+        raise CheckpointError(f"corrupt checkpoint: the bytes of {damaged!r} do not match their checksum", path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a file written by :func:`atomic_save`: checksums first (:func:`verify_checkpoint`),
+    then ``torch.load(..., weights_only=True)``. Nothing is written anywhere.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: truncated or corrupt, or it holds Python objects other than tensors and
+            plain containers (refused without running them).
+    """
+    verify_checkpoint(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        raise CheckpointError(
+            "refused: the file holds Python objects other than tensors, numbers, strings, lists and dicts "
+            "(a pickle that could run code); it was not executed. Only plain-data checkpoints load "
+            "(torch.load weights_only=True)" + (f". Detail: {lines[0].strip()}" if lines else ""),
+            path) from err
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
+        raise CheckpointError(f"could not read the checkpoint ({type(err).__name__}: {err})", path) from err
 
 
 def capture_rng_state(cuda: bool = False) -> dict:

@@ -11,8 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from seqbucket_plugin.errors import SeqBucketError
+from seqbucket_plugin.training.checkpoint import verify_checkpoint
+from seqbucket_plugin.training.engine import CHECKPOINT_FILE, TrainConfig
 
-__all__ = ["RecipeError", "add_common_arguments", "load_config", "parse_args", "run_main", "save_config"]
+__all__ = ["RecipeError", "add_common_arguments", "checkpoint_to_resume", "load_config", "parse_args", "run_main",
+           "run_options", "save_config", "train_config"]
 
 CONFIG_FILE = "config.json"
 
@@ -85,6 +88,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--eval-every", type=int, help="evaluate every N steps (0: at epoch ends only)")
     train.add_argument("--save-every", type=int, help="checkpoint every N steps (and at epoch ends)")
     train.add_argument("--seed", type=int)
+    train.add_argument("--nonfinite", choices=["stop", "skip"],
+                       help="a NaN/inf loss: stop with an error naming the step (default), or skip the step and "
+                            "count it")
+    train.add_argument("--nonfinite-patience", type=int,
+                       help="with --nonfinite skip: stop after this many skipped steps in a row (0: never)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"])
     train.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
     train.add_argument("--no-amp", dest="amp", action="store_false", default=None,
@@ -122,10 +130,39 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
         raise RecipeError(f"{known.config}: unknown config keys {unknown}")
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
-    for flag, default in (("amp", True), ("progress", True), ("resume", False), ("grad_accum", 1)):
+    for flag, default in (("amp", True), ("progress", True), ("resume", False), ("grad_accum", 1),
+                          ("nonfinite", "stop"), ("nonfinite_patience", 10)):
         if getattr(args, flag) is None:
             setattr(args, flag, default)
     return args
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a run saves as ``config.json`` (not the per-invocation ones: resume, predict)."""
+    return {k: v for k, v in vars(args).items() if k not in ("resume", "resuming", "predict", "predictions")}
+
+
+def train_config(args: argparse.Namespace, metric: str = "accuracy") -> TrainConfig:
+    """The :class:`~seqbucket_plugin.training.TrainConfig` of parsed recipe options."""
+    return TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
+                       warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
+                       eval_every=args.eval_every, save_every=args.save_every, metric=metric, amp=args.amp,
+                       progress=args.progress, seed=args.seed, grad_accum=args.grad_accum,
+                       nonfinite=args.nonfinite, nonfinite_patience=args.nonfinite_patience)
+
+
+def checkpoint_to_resume(args: argparse.Namespace, output_dir: str | os.PathLike) -> bool:
+    """True when ``--resume`` finds a checkpoint in ``output_dir``, after checking that it is
+    intact; call it before writing anything there.
+
+    Raises:
+        CheckpointError: the checkpoint is empty, truncated or corrupt (the directory is untouched).
+    """
+    path = os.path.join(os.fspath(output_dir), CHECKPOINT_FILE)
+    if not (args.resume and os.path.isfile(path)):
+        return False
+    verify_checkpoint(path)
+    return True
 
 
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:

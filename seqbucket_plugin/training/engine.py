@@ -29,6 +29,17 @@ the ranks. Only rank 0 writes ``log.jsonl``, ``best_model.pt`` and ``checkpoint.
 checkpoint stores the world size and every rank's RNG, loader and loop states (gathered to rank 0;
 the loop states differ only in the running train loss and token count), and a resume restores each
 rank's own and refuses a different world size.
+
+Faults: a resume first checks the checkpoint (checksums, plain data only, the keys of a training
+checkpoint) and the run's fingerprint (training and dev data, tokenizer, labels, settings; see
+:mod:`~seqbucket_plugin.training.fingerprint`): anything that differs is a
+:class:`~seqbucket_plugin.errors.ResumeMismatchError` listing every difference, raised before
+anything in the output directory is written. A NaN or infinite loss never reaches the weights:
+with ``nonfinite="stop"`` (default) training stops with a
+:class:`~seqbucket_plugin.errors.NonFiniteLossError` naming the step and batch; with ``"skip"`` the
+optimizer step is skipped and counted (``skipped_nonfinite`` in the log), and ``nonfinite_patience``
+skips in a row stop the run. A batch that does not fit in CUDA memory raises a
+:class:`~seqbucket_plugin.errors.BatchOutOfMemoryError` with its shape and a budget that would fit.
 """
 
 from __future__ import annotations
@@ -47,19 +58,27 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from seqbucket_plugin.errors import SeqBucketError
+from seqbucket_plugin.errors import (
+    BatchOutOfMemoryError,
+    CheckpointError,
+    NonFiniteLossError,
+    ResumeMismatchError,
+    SeqBucketError,
+)
 from seqbucket_plugin.training.checkpoint import (
     atomic_save,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
 )
+from seqbucket_plugin.training.fingerprint import fingerprint_differences
 
 __all__ = ["StepOutput", "TrainConfig", "Trainer", "linear_warmup_decay", "resolve_device"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_MODEL_FILE = "best_model.pt"
 LOG_FILE = "log.jsonl"
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "loader", "loop")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,7 +117,8 @@ class TrainConfig:
     ``metric`` is the dev metric to maximise (a key returned by the evaluate function);
     ``max_steps`` > 0 caps the optimizer steps over all epochs; ``eval_every`` = 0 evaluates
     only at epoch ends; ``save_every`` = 0 checkpoints only at epoch ends; ``patience`` = 0
-    disables early stopping.
+    disables early stopping. ``nonfinite``: ``"stop"`` or ``"skip"`` a NaN/inf loss (see the
+    module docs); ``nonfinite_patience`` skipped steps in a row stop the run (0: never).
     """
 
     epochs: int = 5
@@ -115,6 +135,8 @@ class TrainConfig:
     progress: bool = True
     seed: int = 0
     grad_accum: int = 1
+    nonfinite: str = "stop"
+    nonfinite_patience: int = 10
 
 
 @dataclass
@@ -140,6 +162,8 @@ class _LoopState:
     loss_sum: float = 0.0
     loss_n: int = 0
     tokens: int = 0
+    skipped_nonfinite: int = 0
+    nonfinite_streak: int = 0
     history: list[dict] = field(default_factory=list)
 
 
@@ -189,6 +213,12 @@ class Trainer:
         dist: a :class:`~seqbucket_plugin.training.distributed.DistContext`; None or a world
             size of 1 is a single process (see the module docs for several).
         grad_sync: ``"ddp"`` (DistributedDataParallel) or ``"manual"`` (all-reduce after backward).
+        fingerprint: what this run is made of (see
+            :mod:`~seqbucket_plugin.training.fingerprint`), stored in the checkpoint and compared
+            on resume; None skips the comparison.
+
+    Raises:
+        SeqBucketError: an invalid ``grad_sync``, ``grad_accum`` or ``nonfinite`` setting.
     """
 
     def __init__(
@@ -206,6 +236,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         dist: Any = None,
         grad_sync: str = "ddp",
+        fingerprint: dict[str, Any] | None = None,
     ):
         self.model = model.to(device)
         self.dist = dist if dist is not None and dist.world_size > 1 else None
@@ -221,6 +252,8 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if config.grad_accum is None or config.grad_accum < 1:
             raise SeqBucketError(f"--grad-accum must be a positive integer, got {config.grad_accum!r}")
+        if config.nonfinite not in ("stop", "skip"):
+            raise SeqBucketError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
         if config.grad_accum > 1 and not steps_per_epoch:
             raise SeqBucketError("--grad-accum > 1 needs the number of batches per epoch (a map-style dataset)")
         self.loader = train_loader
@@ -232,6 +265,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.batch_stats = batch_stats
         self.log = log if self.is_main else (lambda message: None)
+        self.fingerprint = fingerprint
+        self.last_saved_step: int | None = None
         os.makedirs(self.output_dir, exist_ok=True)
 
         self.total_steps = self._total_steps()
@@ -296,30 +331,62 @@ class Trainer:
             "loader": loader,
             "loop": state,
             "world_size": 1 if self.dist is None else self.dist.world_size,
+            "fingerprint": self.fingerprint,
             **extra,
         }, self.checkpoint_path)
+        self.last_saved_step = self.state.step
 
-    def load_checkpoint(self) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote.
+    def read_checkpoint(self) -> dict:
+        """Load and check ``checkpoint.pt`` without changing anything (model, files, state).
 
         Raises:
             FileNotFoundError: there is no checkpoint in the output directory.
+            CheckpointError: truncated, corrupt, refused (not plain data) or not a training checkpoint.
+            ResumeMismatchError: written by a run with another world size, data, tokenizer, labels
+                or settings (every difference listed).
         """
-        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        path = self.checkpoint_path
+        ckpt = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise CheckpointError(f"not a seqbucket_plugin training checkpoint (no {', '.join(missing)})", path)
         saved_world = int(ckpt.get("world_size", 1))
         world = 1 if self.dist is None else self.dist.world_size
+        problems = []
         if saved_world != world:
-            raise SeqBucketError(
-                f"{CHECKPOINT_FILE} in {self.output_dir} was written by a run of {saved_world} process(es); "
-                f"this run has {world}. Resume with the same number of processes (torchrun "
-                f"--nproc_per_node x --nnodes = {saved_world}) or start a new --output-dir")
+            problems.append(f"number of processes: {saved_world} in the checkpoint, {world} now (resume with "
+                            f"torchrun --nproc_per_node x --nnodes = {saved_world})")
+        notes: list[str] = []
+        if self.fingerprint is not None and ckpt.get("fingerprint") is not None:
+            errors, notes = fingerprint_differences(ckpt["fingerprint"], self.fingerprint)
+            problems += errors
+        if problems:
+            raise ResumeMismatchError(
+                f"--resume: {path} belongs to a different run; nothing was changed in {self.output_dir}.\n  "
+                + "\n  ".join(problems)
+                + "\nResume with the data, tokenizer and settings of that run, or start a new --output-dir.")
+        for note in notes:
+            self.log(f"--resume: {note}")
         if world > 1:
             ranks = ckpt.get("ranks")
             if not isinstance(ranks, list) or len(ranks) != world:
-                raise SeqBucketError(f"{CHECKPOINT_FILE}: the per-rank states of the {world} processes are missing")
+                raise CheckpointError(f"the per-rank states of the {world} processes are missing", path)
             own = ranks[self.dist.rank]
             ckpt["rng"], ckpt["loader"], ckpt["loop"] = own["rng"], own["loader"], own["loop"]
-        self.model.load_state_dict(ckpt["model"])
+        return ckpt
+
+    def load_checkpoint(self) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote (after :meth:`read_checkpoint`'s checks).
+
+        Raises:
+            FileNotFoundError, CheckpointError, ResumeMismatchError: see :meth:`read_checkpoint`.
+        """
+        ckpt = self.read_checkpoint()
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"written for a different model ({str(err).splitlines()[0]} ...): resume "
+                                  f"with the model settings of that run", self.checkpoint_path) from err
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
@@ -327,6 +394,7 @@ class Trainer:
         self.loader.load_state_dict(ckpt["loader"])
         restore_rng_state(ckpt["rng"])
         self.state = _LoopState(**ckpt["loop"])
+        self.last_saved_step = self.state.step
         if not self.is_main:
             return
         # the log holds exactly the evaluations of the restored history
@@ -338,8 +406,13 @@ class Trainer:
     def _evaluate(self, train_loss: float, tokens_per_s: float, efficiency: float | None, elapsed: float) -> bool:
         """Evaluate on dev, log, keep the best model; True when training should stop early."""
         self.model.eval()
-        with torch.no_grad(), self.autocast():
-            metrics = self.evaluate_fn(self.model)
+        try:
+            with torch.no_grad(), self.autocast():
+                metrics = self.evaluate_fn(self.model)
+        except torch.OutOfMemoryError as err:
+            raise BatchOutOfMemoryError(
+                f"out of {self.device} memory during the dev evaluation at step {self.state.step}: evaluation "
+                f"batches use the training token budget; lower --max-tokens") from err
         self.model.train()
         if self.config.metric not in metrics:
             raise SeqBucketError(f"evaluate() returned {sorted(metrics)}, without the metric {self.config.metric!r}")
@@ -362,7 +435,7 @@ class Trainer:
                   **{f"dev_{k}": v for k, v in metrics.items()},
                   "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": round(tokens_per_s, 1),
                   "padding_efficiency": None if efficiency is None else round(efficiency, 4),
-                  "elapsed_s": round(elapsed, 2), "best": improved}
+                  "skipped_nonfinite": s.skipped_nonfinite, "elapsed_s": round(elapsed, 2), "best": improved}
         s.history.append(record)
         if self.is_main:
             with open(os.path.join(self.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
@@ -433,27 +506,38 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 group_left = accum if accum == 1 else min(accum, self.steps_per_epoch - s.epoch_batch)
                 group_size = max(1, group_left)
+                group_loss = torch.zeros((), device=self.device)
+                group_batches = group_tokens = 0
             group_left -= 1
             s.epoch_batch += 1
-            s.loss_n += 1
             final = group_left <= 0
             backward = self._backward if group_size == 1 else self._scaled_backward(group_size)
             sync = contextlib.nullcontext()
             if not final and self.train_model is not self.model:
                 sync = self.train_model.no_sync()
             with sync:
-                out = self.train_step(self.train_model if self.grad_sync == "ddp" else self.model, batch, backward)
-            loss_sum += out.loss.detach().float()
-            s.tokens += out.tokens
+                out = self._run_step(batch, backward)
+            group_loss += out.loss.detach().float()
+            group_batches += 1
+            group_tokens += out.tokens
             new_tokens += out.tokens
             if not final:
                 continue
             group_left = 0
             if self.dist is not None and self.grad_sync == "manual":
                 self._all_reduce_grads()
+            grad_norm = None
             if cfg.clip_norm > 0:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+            if not self._finite(group_loss, grad_norm):
+                self._skip_nonfinite(batch, group_loss, grad_norm)
+                t_prev = time.perf_counter()
+                continue
+            s.nonfinite_streak = 0
+            loss_sum += group_loss
+            s.loss_n += group_batches
+            s.tokens += group_tokens
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -499,6 +583,47 @@ class Trainer:
         s.epoch_done = False
         s.loss_sum, s.loss_n, s.tokens = 0.0, 0, 0
 
+    def _run_step(self, batch: Any, backward: Callable[[torch.Tensor], None]) -> StepOutput:
+        """One training step; a CUDA out-of-memory error becomes a :class:`BatchOutOfMemoryError`."""
+        try:
+            return self.train_step(self.train_model if self.grad_sync == "ddp" else self.model, batch, backward)
+        except torch.OutOfMemoryError as err:
+            raise BatchOutOfMemoryError(oom_message(batch, self.device, self.state.step + 1)) from err
+
+    def _finite(self, group_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+        """Whether the loss (and, without a gradient scaler, the gradient norm) of the optimizer
+        step is finite, agreed over the ranks. One device-to-host read per optimizer step."""
+        finite = torch.isfinite(group_loss)
+        if grad_norm is not None and not self.scaler.is_enabled():  # the scaler handles inf gradients itself
+            finite = finite & torch.isfinite(grad_norm)
+        ok = bool(finite)
+        if self.dist is not None:
+            ok = self.dist.all_reduce_sum([0.0 if ok else 1.0])[0] == 0
+        return ok
+
+    def _skip_nonfinite(self, batch: Any, group_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        """Apply the non-finite policy: raise (``"stop"``) or drop this optimizer step and count it."""
+        s, cfg = self.state, self.config
+        shape = tuple(getattr(batch, "input_ids", torch.empty(0)).shape)
+        what = (f"non-finite training loss ({float(group_loss)}"
+                + (f", gradient norm {float(grad_norm)}" if grad_norm is not None else "")
+                + f") at step {s.step + 1}, epoch {s.epoch + 1}, batch {s.epoch_batch} of the epoch"
+                + (f" (input_ids {shape[0]} x {shape[1]})" if len(shape) == 2 else ""))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():  # reset the scaler's per-step bookkeeping; back off as on an inf step
+            self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+        saved = ("no checkpoint has been written yet" if self.last_saved_step is None
+                 else f"{CHECKPOINT_FILE} (step {self.last_saved_step}) is intact")
+        if cfg.nonfinite == "stop":
+            raise NonFiniteLossError(f"{what}. The weights were not updated with it and {saved}. Lower --lr, "
+                                     f"check the data, or pass --nonfinite skip to skip such steps (counted).")
+        s.skipped_nonfinite += 1
+        s.nonfinite_streak += 1
+        self.log(f"{what}: optimizer step skipped ({s.skipped_nonfinite} skipped so far)")
+        if cfg.nonfinite_patience > 0 and s.nonfinite_streak >= cfg.nonfinite_patience:
+            raise NonFiniteLossError(f"{s.nonfinite_streak} optimizer steps in a row had a non-finite loss "
+                                     f"(last: {what}); stopping. {saved}.")
+
     def _scaled_backward(self, n: int) -> Callable[[torch.Tensor], None]:
         def backward(loss: torch.Tensor) -> None:
             self._backward(loss / n)
@@ -528,6 +653,23 @@ class Trainer:
         """Load ``best_model.pt`` into the model (no-op when there is none)."""
         if os.path.isfile(self.best_model_path):
             self.model.load_state_dict(load_checkpoint(self.best_model_path, map_location=self.device))
+
+
+def oom_message(batch: Any, device: torch.device, step: int) -> str:
+    """The message of a batch that did not fit in memory: its shape and a ``--max-tokens`` that
+    would fit (70% of the failed batch's padded tokens, a multiple of 64)."""
+    shape = tuple(getattr(batch, "input_ids", torch.empty(0)).shape)
+    if len(shape) < 2:
+        return f"out of {device} memory in training step {step}; lower --max-tokens or --batch-size"
+    rows, cols = shape[0], shape[1]
+    padded = rows * cols
+    lengths = getattr(batch, "lengths", None)
+    real = f", {int(lengths.sum()):,} real" if isinstance(lengths, torch.Tensor) else ""
+    fits = max(64, int(padded * 0.7) // 64 * 64)
+    return (f"out of {device} memory in training step {step} on a batch of {rows} rows x {cols} tokens "
+            f"({padded:,} padded tokens{real}). Lower the token budget: --max-tokens {fits} keeps every batch "
+            f"at most {fits:,} padded tokens (--max-length shortens the longest examples; the batcher's "
+            f"longest-batch-first order shows such an error at step 1).")
 
 
 def iterate_to_device(loader: Iterable, device: torch.device) -> Iterable:

@@ -40,12 +40,22 @@ def _filler(rng: random.Random, size: int = 600) -> list[str]:
     return sorted(words)
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` unless the file already holds exactly it (a resumed run leaves it untouched)."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.write_text(text, encoding="utf-8")
+
+
 def write_classification_data(directory: str | os.PathLike, *, n_train: int = 3000, n_dev: int = 400,
                               n_test: int = 400, seed: int = 0) -> dict[str, str]:
     """Write ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` to ``directory`` (created if needed).
 
     Returns ``{"train": path, "dev": path, "test": path}``. The same arguments always write the
-    same bytes.
+    same bytes; a file that already holds them is not rewritten.
     """
     rng = random.Random(seed)
     filler = _filler(rng)
@@ -55,17 +65,18 @@ def write_classification_data(directory: str | os.PathLike, *, n_train: int = 30
     paths = {}
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
         path = out / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for _ in range(n):
-                label = rng.choice(classes)
-                length = min(300, int(rng.lognormvariate(3.4, 0.7)) + 4)
-                words = [rng.choice(filler) for _ in range(length)]
-                n_cues = rng.choice((1, 1, 2, 3))
-                other = rng.choice([c for c in classes if c != label])
-                cues = [label] * n_cues + ([other] * (n_cues - 1) if n_cues > 1 else [])
-                for cls in cues:
-                    words[rng.randrange(length)] = rng.choice(_CUES[cls])
-                f.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+        lines = []
+        for _ in range(n):
+            label = rng.choice(classes)
+            length = min(300, int(rng.lognormvariate(3.4, 0.7)) + 4)
+            words = [rng.choice(filler) for _ in range(length)]
+            n_cues = rng.choice((1, 1, 2, 3))
+            other = rng.choice([c for c in classes if c != label])
+            cues = [label] * n_cues + ([other] * (n_cues - 1) if n_cues > 1 else [])
+            for cls in cues:
+                words[rng.randrange(length)] = rng.choice(_CUES[cls])
+            lines.append(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+        _write_if_changed(path, "".join(lines))
         paths[split] = str(path)
     return paths
 
@@ -97,7 +108,8 @@ def write_tagging_data(directory: str | os.PathLike, *, n_train: int = 1500, n_d
                        n_test: int = 200, seed: int = 0) -> dict[str, str]:
     """Write ``train.conll``, ``dev.conll``, ``test.conll`` (``token TAG`` lines, BIO tags).
 
-    Returns ``{"train": path, "dev": path, "test": path}``; deterministic in its arguments.
+    Returns ``{"train": path, "dev": path, "test": path}``; deterministic in its arguments (a file
+    that already holds its bytes is not rewritten).
     """
     rng = random.Random(seed + 1)
     filler = [w for w in _filler(rng, 400)]
@@ -106,24 +118,25 @@ def write_tagging_data(directory: str | os.PathLike, *, n_train: int = 1500, n_d
     paths = {}
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
         path = out / f"{split}.conll"
-        with open(path, "w", encoding="utf-8") as f:
-            for _ in range(n):
-                words: list[str] = []
-                tags: list[str] = []
+        sentences = []
+        for _ in range(n):
+            words: list[str] = []
+            tags: list[str] = []
+            for _ in range(rng.randint(1, 6)):
                 for _ in range(rng.randint(1, 6)):
-                    for _ in range(rng.randint(1, 6)):
-                        words.append(rng.choice(filler))
+                    words.append(rng.choice(filler))
+                    tags.append("O")
+                if rng.random() < 0.7:
+                    kind = rng.choice(["PER", "LOC", "ORG"])
+                    if rng.random() < 0.8:
+                        words.append(rng.choice(_CONTEXT[kind]))
                         tags.append("O")
-                    if rng.random() < 0.7:
-                        kind = rng.choice(["PER", "LOC", "ORG"])
-                        if rng.random() < 0.8:
-                            words.append(rng.choice(_CONTEXT[kind]))
-                            tags.append("O")
-                        ew, et = _entity(rng, kind)
-                        words += ew
-                        tags += et
-                words.append(".")
-                tags.append("O")
-                f.write("".join(f"{w} {t}\n" for w, t in zip(words, tags)) + "\n")
+                    ew, et = _entity(rng, kind)
+                    words += ew
+                    tags += et
+            words.append(".")
+            tags.append("O")
+            sentences.append("".join(f"{w} {t}\n" for w, t in zip(words, tags)) + "\n")
+        _write_if_changed(path, "".join(sentences))
         paths[split] = str(path)
     return paths
