@@ -573,8 +573,12 @@ class Trainer:
             if self._evaluate(mean_loss(), tps, self._efficiency(),
                               elapsed_before + time.perf_counter() - start_time):
                 s.stopped = True
-        self.log(f"epoch {s.epoch + 1} done: {s.epoch_step} steps, {s.tokens:,} tokens, "
-                 f"{tps:,.0f} tokens/s in training steps")
+        epoch_tokens, epoch_tps = s.tokens, tps
+        if self.dist is not None:  # the whole run's figures, as in log.jsonl
+            epoch_tokens, epoch_tps = self.dist.all_reduce_sum([float(s.tokens), tps])
+        self.log(f"epoch {s.epoch + 1} done: {s.epoch_step} steps, {int(epoch_tokens):,} tokens, "
+                 f"{epoch_tps:,.0f} tokens/s in training steps"
+                 + (f" (all {self.dist.world_size} processes)" if self.dist is not None else ""))
         s.epoch_done = True
         self.save_checkpoint()
         s.epoch += 1

@@ -41,9 +41,9 @@ def _hash_column(digest: Any, column: pa.ChunkedArray) -> None:
             digest.update(repr(value).encode("utf-8") + b"\0")
 
 
-def dataset_fingerprint(dataset: Any, columns: Iterable[str] | None = None) -> str:
+def dataset_fingerprint(dataset: Any, columns: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> str:
     """SHA-256 of a ``datasets.Dataset``'s rows, in order, over ``columns`` (default: every column
-    of integer or list-of-integer type, e.g. ``input_ids``, ``length``, labels).
+    of integer or list-of-integer type, e.g. ``input_ids``, ``length``, labels, except ``exclude``).
 
     Depends on the values only (not on the Arrow chunking, the cache files or a ``select``/
     ``shuffle`` indices mapping). Numeric columns are hashed as arrays (about 1 GB/s); other
@@ -55,7 +55,7 @@ def dataset_fingerprint(dataset: Any, columns: Iterable[str] | None = None) -> s
             while pa.types.is_list(t) or pa.types.is_large_list(t):
                 t = t.value_type
             return pa.types.is_integer(t)
-        columns = [f.name for f in table.schema if integer_like(f.type)]
+        columns = [f.name for f in table.schema if integer_like(f.type) and f.name not in set(exclude)]
     digest = hashlib.sha256(f"rows={table.num_rows}".encode())
     for name in sorted(columns):
         if name not in table.column_names:
@@ -85,10 +85,11 @@ def run_fingerprint(options: Mapping[str, Any], *, train: Any, dev: Any = None, 
                     labels: Iterable[str] = ()) -> dict[str, Any]:
     """The fingerprint a recipe stores in its checkpoints: digests of the tokenized ``train`` and
     ``dev`` datasets and of the ``vocabularies`` (e.g. a tokenizer's JSON), the label names and
-    the settings in ``options`` (see :func:`settings_of`)."""
+    the settings in ``options`` (see :func:`settings_of`). The ``idx`` column (example ids the
+    recipes add for debugging) is not part of the data."""
     return {
-        "train_data": dataset_fingerprint(train),
-        "dev_data": None if dev is None else dataset_fingerprint(dev),
+        "train_data": dataset_fingerprint(train, exclude=("idx",)),
+        "dev_data": None if dev is None else dataset_fingerprint(dev, exclude=("idx",)),
         "tokenizer": text_fingerprint(*vocabularies),
         "labels": list(labels),
         "settings": settings_of(options),
