@@ -134,7 +134,7 @@ def make_pipe(args, dataset, tokenizer, chars: CharVocab, device, *, train: bool
     shard = {} if train else {"rank": 0, "world_size": 1}  # evaluation: every rank sees every batch
     pipe = (Pipe.from_hf(dataset)
             .bucket_batch(**size, num_buckets=1 if naive else args.num_buckets, shuffle=train, seed=args.seed,
-                          **shard)
+                          longest_first=train and args.longest_first, **shard)
             .pack(pad_id=tokenizer.pad_id))
     if use_chars(args):
         pipe = pipe.map(CharIds(chars))

@@ -147,7 +147,8 @@ def batching(args, *, train: bool) -> dict:
     else:
         size = {"max_tokens": args.max_tokens, "oversize": "truncate"}
     shard = {} if train else {"rank": 0, "world_size": 1}  # evaluation: every rank sees every batch
-    return {**size, "num_buckets": 1 if naive else args.num_buckets, "shuffle": train, "seed": args.seed, **shard}
+    return {**size, "num_buckets": 1 if naive else args.num_buckets, "shuffle": train, "seed": args.seed,
+            "longest_first": train and args.longest_first, **shard}
 
 
 def make_pipe(args, dataset: datasets.Dataset, tokenizer: TextTokenizer, device: torch.device, *, train: bool) -> Pipe:

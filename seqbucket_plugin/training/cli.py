@@ -63,6 +63,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-tokens", type=int, help="token budget per batch, padding included")
     batching.add_argument("--batch-size", type=int, help="fixed rows per batch (instead of --max-tokens)")
+    batching.add_argument("--longest-first", action="store_true", default=None,
+                          help="put each epoch's largest batch first, so an out-of-memory error shows at step 1")
     batching.add_argument("--batching", choices=["bucket", "naive"],
                           help="bucket: length buckets (default); naive: batches across all lengths, "
                                "fixed --batch-size, the model runs over the padding (baseline)")
@@ -131,7 +133,7 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
     for flag, default in (("amp", True), ("progress", True), ("resume", False), ("grad_accum", 1),
-                          ("nonfinite", "stop"), ("nonfinite_patience", 10)):
+                          ("nonfinite", "stop"), ("nonfinite_patience", 10), ("longest_first", False)):
         if getattr(args, flag) is None:
             setattr(args, flag, default)
     return args

@@ -672,8 +672,8 @@ def oom_message(batch: Any, device: torch.device, step: int) -> str:
     fits = max(64, int(padded * 0.7) // 64 * 64)
     return (f"out of {device} memory in training step {step} on a batch of {rows} rows x {cols} tokens "
             f"({padded:,} padded tokens{real}). Lower the token budget: --max-tokens {fits} keeps every batch "
-            f"at most {fits:,} padded tokens (--max-length shortens the longest examples; the batcher's "
-            f"longest-batch-first order shows such an error at step 1).")
+            f"at most {fits:,} padded tokens (--max-length shortens the longest examples; --longest-first "
+            f"shows such an error at step 1).")
 
 
 def iterate_to_device(loader: Iterable, device: torch.device) -> Iterable:
