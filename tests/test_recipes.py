@@ -48,7 +48,10 @@ SMALL_TAG = ["--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1"
              "--char-dim", "8", "--max-tokens", "1024", "--no-progress", "--threads", "1"]
 
 
-def test_classification_train_save_predict(cls_data, tmp_path, capsys):
+def test_classification_train_save_predict(cls_data, tmp_path, capsys, monkeypatch):
+    from seqbucket_plugin.training import plots
+
+    monkeypatch.setattr(plots, "_warned", False)  # said once per process; earlier tests may have run a recipe
     out = tmp_path / "run"
     metrics = cls_recipe.main([*_files(cls_data), *SMALL_CLS, "--epochs", "2", "--output-dir", str(out)])
     for key in ("dev_accuracy", "test_accuracy", "test_macro_f1"):
