@@ -1,6 +1,7 @@
 """Loading throughput and streaming memory, side by side in one run.
 
     python benchmarks/bench_loading.py throughput   # IMDB train, ours vs the usual HF DataLoader path
+    python benchmarks/bench_loading.py workers      # fetch + collation in parallel workers vs 1 process
     python benchmarks/bench_loading.py memory       # RSS over a generated stream of 5M examples
     python benchmarks/bench_loading.py memory --examples 200000   # a shorter stream
 
@@ -103,6 +104,78 @@ def throughput() -> None:
         print(f"{name:62s} {rate / 1e6:6.2f} M real tokens/s  ({seconds:.2f} s/epoch, {rate / base:5.1f}x)")
 
 
+class _IndexBatches:
+    """Wraps a map-style ``BucketBatcher`` so that it yields index arrays (planning only); the
+    fetch from Arrow and the collation then run in :class:`_FetchAndPack` workers."""
+
+    @staticmethod
+    def make(dataset, max_tokens):
+        from seqbucket_plugin.datapipes import BucketBatcher, MapDatasetSource
+
+        class IndexBatcher(BucketBatcher):
+            def _fetch(self, indices):
+                return indices
+
+        return IndexBatcher(MapDatasetSource(dataset), max_tokens=max_tokens)
+
+
+class _FetchAndPack:
+    """Index array -> rows read from the (memory-mapped) dataset -> ``PackedBatch``; picklable."""
+
+    def __init__(self, dataset, pad_id: int):
+        self.dataset, self.pad_id = dataset, pad_id
+
+    def __call__(self, indices):
+        from seqbucket_plugin.datapipes import collate_packed
+        from seqbucket_plugin.datapipes.sources import _columns_to_rows
+
+        rows = _columns_to_rows(self.dataset[np.asarray(indices, dtype=np.int64)])
+        return collate_packed(rows, pad_id=self.pad_id)
+
+
+def workers() -> None:
+    """Can parallel workers speed up an epoch? Fetch + collation moved into torchdata
+    ``ParallelMapper`` workers (threads or processes; the main process only plans batches),
+    against everything in one process. Median of 3 epochs each."""
+    import datasets
+    from torchdata.nodes import Loader, ParallelMapper
+
+    from seqbucket_plugin.datapipes import Pipe, TextTokenizer, load_classification, tokenize_dataset
+
+    if not (DATA / "train.parquet").exists():
+        print(f"skipped: {DATA} not found (the IMDB data is not part of a fresh clone)")
+        return
+    datasets.disable_progress_bars()
+    cache = tempfile.mkdtemp(prefix="seqbucket-bench-")
+    train = load_classification(DATA / "train.parquet", cache_dir=cache)
+    tok = TextTokenizer.train(train, kind="word", vocab_size=30_000, min_frequency=2)
+    ds = tokenize_dataset(train, tok, cache_file_name=f"{cache}/tokenized.arrow")
+    ds = ds.select_columns(["input_ids", "length", "label"])
+    ds.save_to_disk(f"{cache}/saved")
+    ds = datasets.load_from_disk(f"{cache}/saved")  # memory-mapped: workers pickle a file reference
+    max_tokens = int(32 * round(float(np.mean(ds.with_format("numpy")["length"]))))
+
+    def single():
+        return sum(b.num_tokens for b in Pipe.from_hf(ds).bucket_batch(max_tokens=max_tokens)
+                   .pack(pad_id=tok.pad_id).loader())
+
+    def parallel(method: str, n: int):
+        def run():
+            node = ParallelMapper(_IndexBatches.make(ds, max_tokens), _FetchAndPack(ds, tok.pad_id),
+                                  num_workers=n, method=method, in_order=True)
+            return sum(b.num_tokens for b in Loader(node))
+        return run
+
+    rows = [("everything in 1 process", single)]
+    rows += [(f"fetch + collate in {n} worker {method}{'es' if method == 'process' and n > 1 else 's' if n > 1 else ''}", parallel(method, n))
+             for method in ("thread", "process") for n in (1, 2)]
+    base = None
+    for name, run in rows:
+        rate, seconds = _median_rate(run)
+        base = base or rate
+        print(f"{name:40s} {rate / 1e6:6.2f} M real tokens/s  ({seconds:.2f} s/epoch, {rate / base:4.2f}x)")
+
+
 def memory(num_examples: int) -> None:
     import datasets
     import psutil
@@ -146,11 +219,13 @@ def memory(num_examples: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["throughput", "memory"])
+    parser.add_argument("what", choices=["throughput", "workers", "memory"])
     parser.add_argument("--examples", type=int, default=5_000_000, help="stream length for 'memory'")
     args = parser.parse_args()
     if args.what == "throughput":
         throughput()
+    elif args.what == "workers":
+        workers()
     else:
         memory(args.examples)
 
