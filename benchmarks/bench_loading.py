@@ -167,7 +167,8 @@ def workers() -> None:
         return run
 
     rows = [("everything in 1 process", single)]
-    rows += [(f"fetch + collate in {n} worker {method}{'es' if method == 'process' and n > 1 else 's' if n > 1 else ''}", parallel(method, n))
+    plural = {"thread": "threads", "process": "processes"}
+    rows += [(f"fetch + collate in {n} worker {plural[method] if n > 1 else method}", parallel(method, n))
              for method in ("thread", "process") for n in (1, 2)]
     base = None
     for name, run in rows:
