@@ -20,7 +20,7 @@ from seqbucket_plugin.datapipes.loaders import (
     load_tagging,
     load_tagging_splits,
 )
-from seqbucket_plugin.datapipes.packing import LABEL_PAD_ID, Pack, PackedBatch, collate_packed
+from seqbucket_plugin.datapipes.packing import LABEL_PAD_ID, Collate, Pack, PackedBatch, collate_packed
 from seqbucket_plugin.datapipes.pipe import Pipe, PipeLoader
 from seqbucket_plugin.datapipes.sources import IterableDatasetSource, MapDatasetSource, from_hf
 from seqbucket_plugin.datapipes.tokenize import (
@@ -42,6 +42,7 @@ __all__ = [
     "LoadReport",
     "LoaderConfigError",
     "MapDatasetSource",
+    "Collate",
     "Pack",
     "PackedBatch",
     "Pipe",

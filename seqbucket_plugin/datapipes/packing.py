@@ -19,7 +19,7 @@ from torchdata.nodes import BaseNode
 
 from seqbucket_plugin.errors import DataFormatError, MissingColumnError
 
-__all__ = ["LABEL_PAD_ID", "Pack", "PackedBatch", "collate_packed"]
+__all__ = ["LABEL_PAD_ID", "Collate", "Pack", "PackedBatch", "collate_packed"]
 
 LABEL_PAD_ID = -100
 """Padding value of token labels; ``torch.nn.CrossEntropyLoss`` ignores it by default."""
@@ -203,6 +203,17 @@ def collate_packed(
         extras=extras,
         pad_id=pad_id,
     )
+
+
+class Collate:
+    """:func:`collate_packed` with fixed keyword arguments, as a picklable callable (what
+    ``ParallelMapper`` workers run; threads or processes)."""
+
+    def __init__(self, **collate_kwargs: Any):
+        self.collate_kwargs = collate_kwargs
+
+    def __call__(self, examples: list[dict]) -> PackedBatch:
+        return collate_packed(examples, **self.collate_kwargs)
 
 
 class Pack(BaseNode[PackedBatch]):

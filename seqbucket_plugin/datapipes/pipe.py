@@ -14,7 +14,7 @@ import datasets
 from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
 
 from seqbucket_plugin.datapipes.bucketing import BatchingStats, BucketBatcher
-from seqbucket_plugin.datapipes.packing import Pack
+from seqbucket_plugin.datapipes.packing import Collate, Pack
 from seqbucket_plugin.datapipes.sources import MapDatasetSource, from_hf
 from seqbucket_plugin.datapipes.tokenize import (
     TextTokenizer,
@@ -86,12 +86,20 @@ class Pipe:
         batcher = BucketBatcher(self.node, **kwargs)
         return self._then(batcher, batcher=batcher)
 
-    def pack(self, **kwargs: Any) -> Pipe:
-        """Collate each batch into a :class:`PackedBatch`; ``pad_id`` defaults to the tokenizer's."""
+    def pack(self, *, num_workers: int = 0, method: str = "thread", **kwargs: Any) -> Pipe:
+        """Collate each batch into a :class:`PackedBatch`; ``pad_id`` defaults to the tokenizer's.
+
+        ``num_workers`` > 0 collates in a ``torchdata.nodes.ParallelMapper`` of that many threads
+        or processes (``method``), in order and with the same resumable state as in-line
+        collation. On a small CPU in-line collation is usually faster (see the benchmarks).
+        """
         if "pad_id" not in kwargs and self.tokenizer is not None and self.tokenizer.pad_id is not None:
             kwargs["pad_id"] = self.tokenizer.pad_id
         if self.batcher is not None:
             kwargs.setdefault("pad_to_multiple_of", self.batcher.pad_to_multiple_of)
+        if num_workers > 0:
+            return self._then(ParallelMapper(self.node, Collate(**kwargs), num_workers=num_workers, method=method,
+                                             in_order=True))
         return self._then(Pack(self.node, **kwargs))
 
     def map(self, fn: Callable[[Any], Any], *, num_workers: int = 0, method: str = "thread",
