@@ -10,10 +10,13 @@ Model: embedding 64 + 1-layer BiLSTM 128 (the issue's setting); loss = sum of th
 * ``seqbucket <strategy>`` - each strategy forced.
 
 Batches of 32 from a random sample of 1,600 training reviews: ``random`` (shuffled order) and
-``bucketed`` (sorted by length, then chunked; batch order shuffled). To keep the run to a few
+``bucketed`` (sorted by length, then chunked; batch order shuffled); and ``budget``: the plugin's
+own plan (``plan_batches`` with ``estimate_boundaries``, as ``BucketBatcher`` does) with a token
+budget of 32 x the mean length, so short reviews travel in larger batches. To keep the run to a few
 minutes, every ``--every``-th batch is timed (the same batches for every configuration; with
-bucketing this still spans short to long reviews). Reported: median over ``--repeats`` passes of
-real tokens / seconds.
+bucketing this still spans short to long reviews). The configurations are timed round-robin (one
+pass of each, then the next pass of each), so a slow-down of the shared machine hits all of them
+alike. Reported: median over ``--repeats`` passes of real tokens / seconds.
 
 Run from the project root:  python benchmarks/bench_encoders.py
 """
@@ -37,6 +40,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from seqbucket_plugin.datapipes import estimate_boundaries, plan_batches  # noqa: E402
 from seqbucket_plugin.encoders import create_encoder  # noqa: E402
 
 IMDB = ROOT.parent / "shared" / "data" / "imdb" / "train.parquet"
@@ -52,12 +56,17 @@ def imdb_lengths(sample: int, seed: int) -> np.ndarray:
     return np.array([len(TOKEN.findall(texts[i].lower())) for i in chosen], dtype=np.int64)
 
 
-def make_batches(lengths: np.ndarray, batch_size: int, bucketed: bool, seed: int, vocab: int):
+def make_batches(lengths: np.ndarray, batch_size: int, mode: str, seed: int, vocab: int):
     rng = np.random.default_rng(seed)
-    order = np.argsort(-lengths, kind="stable") if bucketed else rng.permutation(len(lengths))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if bucketed:
-        rng.shuffle(chunks)
+    if mode == "budget":
+        budget = int(batch_size * round(lengths.mean()))
+        chunks = plan_batches(lengths, boundaries=estimate_boundaries(lengths), rng=rng, max_tokens=budget).batches
+        chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+    else:
+        order = np.argsort(-lengths, kind="stable") if mode == "bucketed" else rng.permutation(len(lengths))
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if mode == "bucketed":
+            rng.shuffle(chunks)
     batches = []
     g = torch.Generator().manual_seed(seed)
     for idx in chunks:
@@ -98,18 +107,27 @@ class Ours(nn.Module):
         return self.encoder(self.embedding(ids), lens).states
 
 
-def time_model(model, batches, repeats):
+def time_pass(model, batches) -> float:
+    """Real tokens/s of one forward+backward pass over ``batches``."""
     tokens = sum(int(lens.sum()) for _, lens in batches)
-    ids, lens = batches[0]
-    model(ids, lens).sum().backward()  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for ids, lens in batches:
-            model.zero_grad(set_to_none=True)
-            model(ids, lens).sum().backward()
-        rates.append(tokens / (time.perf_counter() - start))
-    return statistics.median(rates), rates
+    start = time.perf_counter()
+    for ids, lens in batches:
+        model.zero_grad(set_to_none=True)
+        model(ids, lens).sum().backward()
+    return tokens / (time.perf_counter() - start)
+
+
+def time_interleaved(runs: list[dict], repeats: int, slow_repeats: int) -> None:
+    """Time every configuration round-robin (pass 1 of each, then pass 2 of each, ...), so a
+    slow-down of the shared machine hits every configuration alike; adds ``rates`` to each run."""
+    for run in runs:
+        ids, lens = run["batches"][0]
+        run["model"](ids, lens).sum().backward()  # warm-up
+        run["rates"] = []
+    for r in range(repeats):
+        for run in runs:
+            if r < (slow_repeats if run["slow"] else repeats):
+                run["rates"].append(time_pass(run["model"], run["batches"]))
 
 
 def exactness(vocab, emb, hidden, batch):
@@ -139,7 +157,7 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=1600)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--every", type=int, default=4, help="time every k-th batch (1 = all)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--slow-repeats", type=int, default=1, help="passes for the packed configurations on CPU")
     ap.add_argument("--embedding", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
@@ -161,8 +179,9 @@ def main() -> None:
           f"mean {lengths.mean():.0f} max {lengths.max()}")
 
     results = {}
-    for mode in ("random", "bucketed"):
-        batches = make_batches(lengths, args.batch_size, mode == "bucketed", args.seed, args.vocab)[:: args.every]
+    runs = []
+    for mode in ("random", "bucketed", "budget"):
+        batches = make_batches(lengths, args.batch_size, mode, args.seed, args.vocab)[:: args.every]
         batches = [(ids.to(device), lens) for ids, lens in batches]
         real = sum(int(lens.sum()) for _, lens in batches)
         padded = sum(ids.numel() for ids, _ in batches)
@@ -172,7 +191,7 @@ def main() -> None:
             e_ours, e_pad = exactness(args.vocab, args.embedding, args.hidden, widest)
             print(f"  exactness vs per-sequence nn.LSTM: seqbucket max|diff| {e_ours:.1e}; padded nn.LSTM {e_pad:.1e}")
         configs = [("padded nn.LSTM (inexact)", lambda: Baseline(args.vocab, args.embedding, args.hidden, False))]
-        slow = device.type == "cpu" and args.skip_slow
+        slow = device.type == "cpu" and (args.skip_slow or mode == "budget")
         if not slow:
             configs.append(("hand-written packed", lambda: Baseline(args.vocab, args.embedding, args.hidden, True)))
         configs.append(("seqbucket auto", lambda: Ours(args.vocab, args.embedding, args.hidden, "auto")))
@@ -182,18 +201,27 @@ def main() -> None:
             configs.append((f"seqbucket {strategy}", lambda s=strategy: Ours(args.vocab, args.embedding, args.hidden, s)))
         for name, build in configs:
             torch.manual_seed(args.seed)
-            model = build().to(device).train()
-            is_slow = device.type == "cpu" and "packed" in name
-            rate, rates = time_model(model, batches, args.slow_repeats if is_slow else args.repeats)
-            results[f"{mode}/{name}"] = rate
-            print(f"  {name:28s} {rate:10.0f} tokens/s   (passes: {', '.join(f'{r:.0f}' for r in rates)})")
+            runs.append({"mode": mode, "name": name, "model": build().to(device).train(), "batches": batches,
+                         "slow": device.type == "cpu" and "packed" in name})
+    print(f"\ntiming {len(runs)} configurations round-robin, {args.repeats} passes each "
+          f"({args.slow_repeats} for the packed ones on CPU)")
+    time_interleaved(runs, args.repeats, args.slow_repeats)
+    for run in runs:
+        rate = statistics.median(run["rates"])
+        results[f"{run['mode']}/{run['name']}"] = rate
+        print(f"  {run['mode']:8s} {run['name']:28s} {rate:10.0f} tokens/s   "
+              f"(passes: {', '.join(f'{r:.0f}' for r in run['rates'])})")
 
-    print("\nratios (targets in benchmarks/RESULTS_encoders.md):")
+    print("\nratios (targets of issue 4; results in benchmarks/RESULTS.md):")
     auto_b = results["bucketed/seqbucket auto"]
     lines = [("bucketed auto / bucketed padded nn.LSTM", auto_b / results["bucketed/padded nn.LSTM (inexact)"], 0.8)]
     if "bucketed/hand-written packed" in results:
         lines.append(("bucketed auto / bucketed hand-written packed", auto_b / results["bucketed/hand-written packed"], 5.0))
     lines.append(("bucketed auto / random padded nn.LSTM", auto_b / results["random/padded nn.LSTM (inexact)"], 4.0))
+    lines.append(("budget auto / random padded nn.LSTM",
+                  results["budget/seqbucket auto"] / results["random/padded nn.LSTM (inexact)"], 4.0))
+    lines.append(("budget auto / budget padded nn.LSTM",
+                  results["budget/seqbucket auto"] / results["budget/padded nn.LSTM (inexact)"], 0.8))
     for label, value, target in lines:
         print(f"  {label:48s} {value:6.2f}x  (target >= {target}x: {'met' if value >= target else 'NOT met'})")
     if args.json:
