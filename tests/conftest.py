@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -15,7 +17,17 @@ settings.register_profile("deterministic", derandomize=True, deadline=None, prin
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def load_recipe(name: str, owner: str) -> ModuleType:
+    """A fresh module of ``recipes/<name>.py`` (the recipes are scripts, not a package); ``owner``
+    keeps each test file's copy apart, so one file's monkeypatching never leaks into another."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}_{owner}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def real_data(name: str) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_recipe
 
 from seqbucket_plugin.datapipes import TextTokenizer
 from seqbucket_plugin.training import write_classification_data, write_tagging_data
@@ -39,12 +39,6 @@ TAG_ARGS = ["--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1",
             "--char-dim", "8", "--max-tokens", "512", "--no-progress", "--threads", "1", "--max-steps", "4",
             "--eval-every", "2", "--decoder", "crf"]
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}_ddp", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:
@@ -118,7 +112,7 @@ def test_two_processes_share_the_data_and_agree(full_run):
 
 def test_metrics_equal_a_single_process_evaluation(full_run):
     out, _, _ = full_run
-    recipe = _load("text_classification")
+    recipe = load_recipe("text_classification", "ddp")
     metrics = json.loads((out / "metrics.json").read_text())
     args = argparse.Namespace(**json.loads((out / "config.json").read_text()), resume=False)
     tokenizer = TextTokenizer.load(out / "tokenizer")
@@ -159,7 +153,7 @@ def test_resumed_two_process_run_matches_uninterrupted(full_run, cls_data, tmp_p
 
 def test_resume_with_another_world_size_is_refused(full_run, cls_data, tmp_path, capsys):
     full, _, _ = full_run
-    recipe = _load("text_classification")
+    recipe = load_recipe("text_classification", "ddp")
     code = run_main(recipe.main, [*_files(cls_data), *CLS_ARGS, "--output-dir", str(full), "--resume"])
     assert code == 2
     err = capsys.readouterr().err

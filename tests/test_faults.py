@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_recipe
 
 from seqbucket_plugin.errors import (
     BatchOutOfMemoryError,
@@ -33,15 +33,9 @@ from seqbucket_plugin.training.fingerprint import dataset_fingerprint, fingerpri
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"faults_recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-cls_recipe = _load_recipe("text_classification")
-tag_recipe = _load_recipe("tagging")
+cls_recipe = load_recipe("text_classification", "faults")
+tag_recipe = load_recipe("tagging", "faults")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_recipe
 
 from seqbucket_plugin.training import engine, write_classification_data, write_tagging_data
 from seqbucket_plugin.training.cli import run_main
@@ -18,15 +19,9 @@ from seqbucket_plugin.training.cli import run_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-cls_recipe = _load("text_classification")
-tag_recipe = _load("tagging")
+cls_recipe = load_recipe("text_classification", "recipes")
+tag_recipe = load_recipe("tagging", "recipes")
 
 
 @pytest.fixture(scope="module")

@@ -321,6 +321,7 @@ class Trainer:
         if self.dist is not None:  # every rank's own RNG, loader and loop states (its running loss), to rank 0
             extra["ranks"] = self.dist.all_gather_object({"rng": rng, "loader": loader, "loop": state})
             if not self.is_main:
+                self.last_saved_step = self.state.step
                 return
         atomic_save({
             "model": self.model.state_dict(),
@@ -488,7 +489,7 @@ class Trainer:
         cfg, s = self.config, self.state
         steps = -(-self.steps_per_epoch // cfg.grad_accum) if self.steps_per_epoch else None
         bar = _Progress(cfg.progress and self.is_main, steps, s.epoch_step, f"epoch {s.epoch + 1}/{cfg.epochs}")
-        # the epoch's running loss lives on the device (no sync per step); restored sums come first
+        # the epoch's running loss lives on the device (read only for logs); restored sums come first
         loss_sum = torch.zeros((), device=self.device)
         train_time = 0.0
         new_tokens = 0
@@ -520,7 +521,6 @@ class Trainer:
             group_loss += out.loss.detach().float()
             group_batches += 1
             group_tokens += out.tokens
-            new_tokens += out.tokens
             if not final:
                 continue
             group_left = 0
@@ -538,6 +538,7 @@ class Trainer:
             loss_sum += group_loss
             s.loss_n += group_batches
             s.tokens += group_tokens
+            new_tokens += group_tokens
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
