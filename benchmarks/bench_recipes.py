@@ -27,7 +27,7 @@ RUNS = {
     "ud": [
         ("ud_bucket", ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file", f"{UD}/dev.conllu",
                        "--test-file", f"{UD}/test.conllu", "--tag-column", "upos", "--epochs", "15",
-                       "--patience", "3", "--max-tokens", "2048", "--no-progress"]),
+                       "--patience", "3", "--max-tokens", "2048", "--lr", "0.005", "--no-progress"]),
         ("ud_naive", ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file", f"{UD}/dev.conllu",
                       "--test-file", f"{UD}/test.conllu", "--tag-column", "upos", "--epochs", "15",
                       "--patience", "3", "--batching", "naive", "--batch-size", "32", "--no-progress"]),

@@ -230,6 +230,15 @@ def test_resume_with_more_epochs_is_allowed_and_noted(data, trained, tmp_path, c
     assert json.loads((out / "config.json").read_text())["max_steps"] == 8
 
 
+def test_checkpoint_without_fingerprint_resumes_with_a_note(data, trained, tmp_path, capsys):
+    out = _copy_run(trained, tmp_path)
+    state = checkpoint.load_checkpoint(out / "checkpoint.pt")
+    del state["fingerprint"]  # as written before fingerprints existed
+    checkpoint.atomic_save(state, out / "checkpoint.pt")
+    assert cls_recipe.main(_args(data, out, "--resume", "--max-steps", "8"))["steps"] == 8
+    assert "holds no fingerprint" in capsys.readouterr().out
+
+
 def test_fingerprint_depends_on_values_not_layout():
     import datasets
 

@@ -9,6 +9,7 @@ from seqbucket_plugin.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
+    verify_checkpoint,
 )
 from seqbucket_plugin.training.engine import (
     StepOutput,
@@ -43,6 +44,7 @@ __all__ = [
     "restore_rng_state",
     "span_prf",
     "token_accuracy",
+    "verify_checkpoint",
     "write_classification_data",
     "write_tagging_data",
 ]

@@ -361,6 +361,9 @@ class Trainer:
         if self.fingerprint is not None and ckpt.get("fingerprint") is not None:
             errors, notes = fingerprint_differences(ckpt["fingerprint"], self.fingerprint)
             problems += errors
+        elif self.fingerprint is not None:
+            notes = ["the checkpoint holds no fingerprint (written by an older version): the data, tokenizer "
+                     "and settings could not be compared"]
         if problems:
             raise ResumeMismatchError(
                 f"--resume: {path} belongs to a different run; nothing was changed in {self.output_dir}.\n  "

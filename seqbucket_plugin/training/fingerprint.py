@@ -25,14 +25,15 @@ __all__ = ["RESUMABLE_SETTINGS", "dataset_fingerprint", "fingerprint_differences
 # settings that may change between a run and its resume (reported, not refused); file paths are
 # not compared at all: the content of the data is
 RESUMABLE_SETTINGS = frozenset({"epochs", "max_steps", "patience", "eval_every", "save_every", "device",
-                                "threads", "progress", "amp"})
+                                "threads", "progress", "amp", "nonfinite", "nonfinite_patience"})
 IGNORED_SETTINGS = frozenset({"output_dir", "resume", "predict", "predictions", "config", "train_file",
                               "dev_file", "test_file"})
 
 
 def _hash_column(digest: Any, column: pa.ChunkedArray) -> None:
     while pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        digest.update(np.ascontiguousarray(pc.list_value_length(column).to_numpy(), dtype=np.int64).tobytes())
+        sizes = pc.fill_null(pc.list_value_length(column), -1)  # a null list differs from an empty one
+        digest.update(np.ascontiguousarray(sizes.to_numpy(), dtype=np.int64).tobytes())
         column = pc.list_flatten(column)
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
         digest.update(np.ascontiguousarray(column.to_numpy()).tobytes())
@@ -46,8 +47,8 @@ def dataset_fingerprint(dataset: Any, columns: Iterable[str] | None = None, excl
     of integer or list-of-integer type, e.g. ``input_ids``, ``length``, labels, except ``exclude``).
 
     Depends on the values only (not on the Arrow chunking, the cache files or a ``select``/
-    ``shuffle`` indices mapping). Numeric columns are hashed as arrays (about 1 GB/s); other
-    columns value by value. Raises ``KeyError`` naming the existing columns for an unknown one.
+    ``shuffle`` indices mapping). Numeric columns are hashed as whole arrays (no Python loop per
+    row); other columns value by value. Raises ``KeyError`` naming the existing columns for an unknown one.
     """
     table = dataset.with_format("arrow")[:]
     if columns is None:
