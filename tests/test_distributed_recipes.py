@@ -40,7 +40,6 @@ TAG_ARGS = ["--embedding-dim", "16", "--hidden-size", "16", "--num-layers", "1",
             "--eval-every", "2", "--decoder", "crf"]
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

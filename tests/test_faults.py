@@ -33,7 +33,6 @@ from seqbucket_plugin.training.fingerprint import dataset_fingerprint, fingerpri
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 cls_recipe = load_recipe("text_classification", "faults")
 tag_recipe = load_recipe("tagging", "faults")
 

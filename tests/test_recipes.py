@@ -19,7 +19,6 @@ from seqbucket_plugin.training.cli import run_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 cls_recipe = load_recipe("text_classification", "recipes")
 tag_recipe = load_recipe("tagging", "recipes")
 
