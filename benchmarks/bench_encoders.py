@@ -195,7 +195,7 @@ def main() -> None:
         if not slow:
             configs.append(("hand-written packed", lambda: Baseline(args.vocab, args.embedding, args.hidden, True)))
         configs.append(("seqbucket auto", lambda: Ours(args.vocab, args.embedding, args.hidden, "auto")))
-        for strategy in ("padded_exact", "packed"):
+        for strategy in ("padded_exact", "padded_static", "packed"):
             if strategy == "packed" and slow:
                 continue
             configs.append((f"seqbucket {strategy}", lambda s=strategy: Ours(args.vocab, args.embedding, args.hidden, s)))
