@@ -18,6 +18,9 @@ __all__ = ["RecipeError", "add_common_arguments", "checkpoint_to_resume", "load_
            "run_options", "save_config", "train_config"]
 
 CONFIG_FILE = "config.json"
+# options whose default is not in every config file
+BUILT_IN_DEFAULTS = {"amp": True, "progress": True, "resume": False, "grad_accum": 1, "nonfinite": "stop",
+                     "nonfinite_patience": 10, "longest_first": False}
 
 
 class RecipeError(SeqBucketError):
@@ -130,10 +133,9 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
     unknown = sorted(set(config) - options)
     if unknown:
         raise RecipeError(f"{known.config}: unknown config keys {unknown}")
-    parser.set_defaults(**config)
+    parser.set_defaults(**{**BUILT_IN_DEFAULTS, **config})  # shown by --help; a config file may override them
     args = parser.parse_args(argv)
-    for flag, default in (("amp", True), ("progress", True), ("resume", False), ("grad_accum", 1),
-                          ("nonfinite", "stop"), ("nonfinite_patience", 10), ("longest_first", False)):
+    for flag, default in BUILT_IN_DEFAULTS.items():  # a config value of null
         if getattr(args, flag) is None:
             setattr(args, flag, default)
     return args
