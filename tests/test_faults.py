@@ -193,6 +193,21 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux) for a real ENOSPC")
+def test_real_enospc_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The kernel's own 'No space left on device' (writes to /dev/full), through torch.save."""
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.atomic_save({"step": 1}, path)
+
+    def full_disk_mkstemp(prefix, suffix, dir):
+        return os.open("/dev/full", os.O_WRONLY), os.path.join(dir, prefix + "never" + suffix)
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", full_disk_mkstemp)
+    with pytest.raises(CheckpointError, match="disk full"):
+        checkpoint.atomic_save({"step": 2, "w": torch.zeros(100_000)}, path)
+    assert checkpoint.load_checkpoint(path)["step"] == 1
+
+
 # ------------------------------------------------------------------------------ resume into another run
 def test_resume_with_changed_data_settings_or_tokenizer_is_refused(data, trained, tmp_path, capsys):
     other = write_classification_data(tmp_path / "other", n_train=300, n_dev=40, n_test=40, seed=5)

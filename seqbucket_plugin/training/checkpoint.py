@@ -49,8 +49,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err).lower()):
-            full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        # torch.save's zip writer reports a failed write as a RuntimeError ("unexpected pos ..."),
+        # the file's close as the OSError itself
+        if isinstance(err, (OSError, RuntimeError)):
+            causes = [err, err.__context__, err.__cause__]
+            full = any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in causes)
             kept = "the previous file is unchanged" if os.path.exists(path) else "nothing was written"
             raise CheckpointError(f"could not write ({'disk full: ' if full else ''}{err}); {kept}", path) from err
         raise
