@@ -133,12 +133,19 @@ class _FetchAndPack:
         return collate_packed(rows, pad_id=self.pad_id)
 
 
+class _FetchAndPackMany(_FetchAndPack):
+    """A list of index arrays -> a list of ``PackedBatch`` es (one hand-off per chunk of batches)."""
+
+    def __call__(self, chunk):
+        return [_FetchAndPack.__call__(self, indices) for indices in chunk]
+
+
 def workers() -> None:
     """Can parallel workers speed up an epoch? Fetch + collation moved into torchdata
     ``ParallelMapper`` workers (threads or processes; the main process only plans batches),
     against everything in one process. Median of 3 epochs each."""
     import datasets
-    from torchdata.nodes import Loader, ParallelMapper
+    from torchdata.nodes import Batcher, Loader, ParallelMapper, Unbatcher
 
     from seqbucket_plugin.datapipes import Pipe, TextTokenizer, load_classification, tokenize_dataset
 
@@ -166,15 +173,25 @@ def workers() -> None:
             return sum(b.num_tokens for b in Loader(node))
         return run
 
+    def chunked(method: str, k: int):
+        def run():
+            chunks = Batcher(_IndexBatches.make(ds, max_tokens), k, drop_last=False)
+            node = Unbatcher(ParallelMapper(chunks, _FetchAndPackMany(ds, tok.pad_id), num_workers=2,
+                                            method=method, in_order=True))
+            return sum(b.num_tokens for b in Loader(node))
+        return run
+
     rows = [("everything in 1 process", single)]
     plural = {"thread": "threads", "process": "processes"}
     rows += [(f"fetch + collate in {n} worker {plural[method] if n > 1 else method}", parallel(method, n))
              for method in ("thread", "process") for n in (1, 2)]
+    rows += [(f"the same, 2 {plural[method]}, {k} batches per hand-off", chunked(method, k))
+             for method in ("thread", "process") for k in (16, 64)]
     base = None
     for name, run in rows:
         rate, seconds = _median_rate(run)
         base = base or rate
-        print(f"{name:40s} {rate / 1e6:6.2f} M real tokens/s  ({seconds:.2f} s/epoch, {rate / base:4.2f}x)")
+        print(f"{name:48s} {rate / 1e6:6.2f} M real tokens/s  ({seconds:.2f} s/epoch, {rate / base:4.2f}x)")
 
 
 def memory(num_examples: int) -> None:
