@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 import torch
 from conftest import make_examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.nn.utils.rnn import pad_packed_sequence
 
 from seqbucket_plugin import DataFormatError, MissingColumnError
-from seqbucket_plugin.datapipes import LABEL_PAD_ID, collate_packed
+from seqbucket_plugin.datapipes import LABEL_PAD_ID, collate_packed, collate_table
 
 
 def test_sorted_descending_and_order_restored():
@@ -112,3 +115,82 @@ def test_pin_memory_node_pins_packed_batches(monkeypatch):
         for batch in out:
             for tensor in (batch.input_ids, batch.lengths, batch.labels, batch.unsorted_indices):
                 assert id(tensor) in pinned
+
+
+# ------------------------------------------------------------------ the vectorised Arrow path
+def _same_batch(a, b):
+    assert torch.equal(a.input_ids, b.input_ids) and a.input_ids.dtype == b.input_ids.dtype
+    assert torch.equal(a.lengths, b.lengths)
+    assert torch.equal(a.sorted_indices, b.sorted_indices) and torch.equal(a.unsorted_indices, b.unsorted_indices)
+    assert (a.labels is None) == (b.labels is None)
+    if a.labels is not None:
+        assert torch.equal(a.labels, b.labels) and a.labels.dtype == b.labels.dtype
+    assert a.extras.keys() == b.extras.keys()
+    for key, value in a.extras.items():
+        other = b.extras[key]
+        if isinstance(value, torch.Tensor):
+            assert isinstance(other, torch.Tensor) and value.dtype == other.dtype and torch.equal(value, other), key
+        else:
+            assert value == other, key
+
+
+def _truncated(rows, limit):
+    out = []
+    for row in rows:
+        row = dict(row)
+        if limit is not None and row["length"] > limit:
+            row["input_ids"] = row["input_ids"][:limit]
+            if isinstance(row.get("labels"), list):
+                row["labels"] = row["labels"][:limit]
+            row["length"] = limit
+        out.append(row)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=30), labels=st.sampled_from(["seq", "token", None]),
+       multiple=st.sampled_from([None, 1, 8]), limit=st.sampled_from([None, 1, 7, 25]), pad_id=st.integers(0, 3))
+def test_collate_table_equals_collate_packed(lengths, labels, multiple, limit, pad_id):
+    """The Arrow path gives exactly the PackedBatch of the row path (after the batcher's truncation)."""
+    rows = []
+    for i, n in enumerate(lengths):
+        row = {"input_ids": [(i * 7 + j) % 50 + 1 for j in range(n)], "length": n}
+        if labels == "seq":
+            row["label"] = i % 3
+        elif labels == "token":
+            row["labels"] = [(i + j) % 5 for j in range(n)]
+        row.update(idx=i, score=i / 4, word=f"w{i}", flag=bool(i % 2))
+        rows.append(row)
+    table = pa.Table.from_pylist(rows)
+    got = collate_table(table, pad_id=pad_id, pad_to_multiple_of=multiple, truncate_to=limit)
+    want = collate_packed(_truncated(rows, limit), pad_id=pad_id, pad_to_multiple_of=multiple)
+    _same_batch(got, want)
+
+
+def test_collate_table_errors_name_the_example():
+    with pytest.raises(DataFormatError, match="example 1: length=5 but input_ids has 2 ids"):
+        collate_table(pa.table({"input_ids": [[1], [1, 2]], "length": [1, 5]}))
+    with pytest.raises(DataFormatError, match="example 0: 1 token labels for 2 ids"):
+        collate_table(pa.table({"input_ids": [[1, 2]], "length": [2], "labels": [[0]]}))
+    with pytest.raises(MissingColumnError, match="available columns"):
+        collate_table(pa.table({"ids": [[1]], "length": [1]}))
+
+
+def test_pipe_packs_map_style_batches_in_arrow_form():
+    """bucket_batch(...).pack() on a map-style dataset takes the Arrow path and yields exactly the
+    batches of the row path (a map() in between keeps the rows)."""
+    import datasets
+
+    from seqbucket_plugin.datapipes import ColumnarBatch, Pipe
+
+    lengths = [int(n) for n in torch.randint(0, 60, (300,), generator=torch.Generator().manual_seed(0))]
+    ds = datasets.Dataset.from_list(make_examples(lengths))
+    fast = Pipe.from_hf(ds).bucket_batch(max_tokens=256, oversize="truncate", seed=3).pack(pad_id=0)
+    assert fast.batcher.columnar
+    slow = Pipe.from_hf(ds).bucket_batch(max_tokens=256, oversize="truncate", seed=3).map(list).pack(pad_id=0)
+    assert not slow.batcher.columnar
+    a, b = list(fast.loader()), list(slow.loader())
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        _same_batch(x, y)
+    assert isinstance(fast.batcher._fetch(fast.batcher._plan[0]), ColumnarBatch)

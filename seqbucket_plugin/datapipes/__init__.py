@@ -20,7 +20,15 @@ from seqbucket_plugin.datapipes.loaders import (
     load_tagging,
     load_tagging_splits,
 )
-from seqbucket_plugin.datapipes.packing import LABEL_PAD_ID, Collate, Pack, PackedBatch, collate_packed
+from seqbucket_plugin.datapipes.packing import (
+    LABEL_PAD_ID,
+    Collate,
+    ColumnarBatch,
+    Pack,
+    PackedBatch,
+    collate_packed,
+    collate_table,
+)
 from seqbucket_plugin.datapipes.pipe import Pipe, PipeLoader
 from seqbucket_plugin.datapipes.sources import IterableDatasetSource, MapDatasetSource, from_hf
 from seqbucket_plugin.datapipes.tokenize import (
@@ -43,6 +51,7 @@ __all__ = [
     "LoaderConfigError",
     "MapDatasetSource",
     "Collate",
+    "ColumnarBatch",
     "Pack",
     "PackedBatch",
     "Pipe",
@@ -51,6 +60,7 @@ __all__ = [
     "TokenizeNode",
     "TokenizeReport",
     "collate_packed",
+    "collate_table",
     "estimate_boundaries",
     "from_hf",
     "load_classification",

@@ -36,6 +36,7 @@ import numpy as np
 import torch.distributed as dist
 from torchdata.nodes import BaseNode
 
+from seqbucket_plugin.datapipes.packing import ColumnarBatch
 from seqbucket_plugin.errors import MissingColumnError, OversizeExampleError, StateDictError
 
 __all__ = ["BatchPlan", "BatchingStats", "BucketBatcher", "estimate_boundaries", "plan_batches"]
@@ -311,6 +312,9 @@ class BucketBatcher(BaseNode[list[dict]]):
         self.rank = rank
         self.world_size = world_size
         self.indexed = callable(getattr(source, "lengths", None)) and callable(getattr(source, "take", None))
+        # set by Pipe.pack() when it follows directly: batches of a map-style source then stay in
+        # Arrow form (ColumnarBatch) and are padded vectorised, with no Python object per row
+        self.columnar = False
 
         self._boundaries = None if boundaries is None else np.unique(np.asarray(boundaries, dtype=np.int64))
         self._all_lengths: np.ndarray | None = None
@@ -433,12 +437,15 @@ class BucketBatcher(BaseNode[list[dict]]):
         for name in ("dropped_last", "skipped_oversize", "truncated_oversize", "padding_repeats"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(chunk_stats, name))
 
-    def _fetch(self, indices: np.ndarray) -> list[dict]:
+    def _fetch(self, indices: np.ndarray) -> list[dict] | ColumnarBatch:
+        limit = self._truncate_to
+        if self.columnar and self.indexed and callable(getattr(self.source, "take_table", None)):
+            truncate_to = limit if self.oversize == "truncate" else None
+            return ColumnarBatch(self.source.take_table(indices), truncate_to=truncate_to)
         if self.indexed:
             examples = self.source.take(indices)
         else:
             examples = [self._items[i] for i in indices]
-        limit = self._truncate_to
         if self.oversize == "truncate" and limit is not None:
             examples = [self._truncate(e, limit) if e[self.length_key] > limit else e for e in examples]
         return examples

@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torchdata.nodes import BaseNode
 
 from seqbucket_plugin.errors import DataFormatError, MissingColumnError
 
-__all__ = ["LABEL_PAD_ID", "Collate", "Pack", "PackedBatch", "collate_packed"]
+__all__ = ["LABEL_PAD_ID", "Collate", "ColumnarBatch", "Pack", "PackedBatch", "collate_packed", "collate_table"]
 
 LABEL_PAD_ID = -100
 """Padding value of token labels; ``torch.nn.CrossEntropyLoss`` ignores it by default."""
@@ -205,14 +207,133 @@ def collate_packed(
     )
 
 
+@dataclasses.dataclass
+class ColumnarBatch:
+    """A batch still in Arrow form: the rows of ``table`` in batch order, each cut to
+    ``truncate_to`` tokens when that is set. What a map-style ``BucketBatcher`` yields inside a
+    ``Pipe`` whose next stage packs, so that no Python object is built per row or token."""
+
+    table: pa.Table
+    truncate_to: int | None = None
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
+def _list_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sizes, flat values)`` of a list column: int64 row sizes and the concatenated values."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    sizes = pc.list_value_length(array).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    return sizes, values
+
+
+def collate_table(
+    table: pa.Table,
+    *,
+    pad_id: int = 0,
+    pad_to_multiple_of: int | None = None,
+    input_key: str = "input_ids",
+    length_key: str = "length",
+    label_keys: Sequence[str] = ("label", "labels"),
+    label_pad_id: int = LABEL_PAD_ID,
+    truncate_to: int | None = None,
+) -> PackedBatch:
+    """:func:`collate_packed` for rows in a ``pyarrow.Table``, vectorised: the same
+    :class:`PackedBatch` (same order, dtypes, padding, labels and extras) from list offsets and
+    flat values with one numpy scatter per padded tensor. ``truncate_to`` keeps the first
+    ``truncate_to`` tokens (and token labels) of longer rows, as the batcher's ``"truncate"``
+    oversize policy does.
+
+    Raises:
+        MissingColumnError: the table lacks ``input_key`` or ``length_key``.
+        DataFormatError: a length disagrees with its ``input_ids``, or token labels do not match.
+    """
+    size = table.num_rows
+    if size == 0:
+        raise ValueError("cannot collate an empty list of examples")
+    names = table.column_names
+    for key in (input_key, length_key):
+        if key not in names:
+            raise MissingColumnError(key, names)
+    lengths = np.asarray(table.column(length_key).to_numpy(), dtype=np.int64)
+    id_sizes, ids = _list_parts(table.column(input_key))
+    bad = np.flatnonzero(id_sizes != lengths)
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(f"example {i}: {length_key}={lengths[i]} but {input_key} has {id_sizes[i]} ids; "
+                              "lengths are computed once at tokenization and must match")
+    kept = lengths if truncate_to is None else np.minimum(lengths, truncate_to)
+    order = np.argsort(-kept, kind="stable")
+    sorted_lengths = kept[order]
+    longest = int(sorted_lengths[0])
+    if pad_to_multiple_of and pad_to_multiple_of > 1:
+        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    rank = np.empty(size, dtype=np.int64)
+    rank[order] = np.arange(size)
+    # every kept token: its row in the batch, its position, and where it sits in the flat values
+    starts = np.cumsum(lengths) - lengths
+    kept_starts = np.cumsum(kept) - kept
+    rows = np.repeat(rank, kept)
+    positions = np.arange(int(kept.sum())) - np.repeat(kept_starts, kept)
+    source = np.repeat(starts, kept) + positions
+
+    def scatter(values: np.ndarray, fill: int) -> np.ndarray:
+        out = np.full((size, longest), fill, dtype=np.int64)
+        out[rows, positions] = values[source]
+        return out
+
+    input_ids = scatter(ids, pad_id)
+    label_key = next((k for k in label_keys if k in names), None)
+    label_tensor = None
+    if label_key is not None:
+        column = table.column(label_key)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            label_sizes, label_values = _list_parts(column)
+            wrong = np.flatnonzero(label_sizes != lengths)
+            if wrong.size:
+                i = int(wrong[0])
+                raise DataFormatError(f"example {i}: {label_sizes[i]} token labels for {lengths[i]} ids")
+            label_tensor = torch.from_numpy(scatter(label_values, label_pad_id))
+        else:
+            label_tensor = torch.from_numpy(np.asarray(column.to_numpy(), dtype=np.int64)[order])
+
+    extras: dict[str, Any] = {}
+    for key in names:
+        if key in (input_key, length_key, label_key):
+            continue
+        column = table.column(key)
+        numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+        if numeric and column.null_count == 0:
+            dtype = torch.int64 if pa.types.is_integer(column.type) else torch.get_default_dtype()
+            extras[key] = torch.as_tensor(column.to_numpy()[order], dtype=dtype)
+        else:
+            values = column.to_pylist()
+            extras[key] = [values[i] for i in order]
+
+    sorted_indices = torch.from_numpy(order.astype(np.int64))
+    return PackedBatch(
+        input_ids=torch.from_numpy(input_ids),
+        lengths=torch.from_numpy(sorted_lengths.copy()),
+        sorted_indices=sorted_indices,
+        unsorted_indices=torch.from_numpy(rank),
+        labels=label_tensor,
+        extras=extras,
+        pad_id=pad_id,
+    )
+
+
 class Collate:
-    """:func:`collate_packed` with fixed keyword arguments, as a picklable callable (what
-    ``ParallelMapper`` workers run; threads or processes)."""
+    """:func:`collate_packed` (or :func:`collate_table` for a :class:`ColumnarBatch`) with fixed
+    keyword arguments, as a picklable callable (what ``ParallelMapper`` workers run; threads or
+    processes)."""
 
     def __init__(self, **collate_kwargs: Any):
         self.collate_kwargs = collate_kwargs
 
-    def __call__(self, examples: list[dict]) -> PackedBatch:
+    def __call__(self, examples: list[dict] | ColumnarBatch) -> PackedBatch:
+        if isinstance(examples, ColumnarBatch):
+            return collate_table(examples.table, truncate_to=examples.truncate_to, **self.collate_kwargs)
         return collate_packed(examples, **self.collate_kwargs)
 
 
@@ -229,13 +350,14 @@ class Pack(BaseNode[PackedBatch]):
         super().__init__()
         self.source = source
         self.collate_kwargs = collate_kwargs
+        self._collate = Collate(**collate_kwargs)
 
     def reset(self, initial_state: dict | None = None):
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state[self.SOURCE_KEY])
 
     def next(self) -> PackedBatch:
-        return collate_packed(next(self.source), **self.collate_kwargs)
+        return self._collate(next(self.source))
 
     def get_state(self) -> dict:
         return {self.SOURCE_KEY: self.source.state_dict()}

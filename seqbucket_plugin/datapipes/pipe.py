@@ -97,6 +97,10 @@ class Pipe:
             kwargs["pad_id"] = self.tokenizer.pad_id
         if self.batcher is not None:
             kwargs.setdefault("pad_to_multiple_of", self.batcher.pad_to_multiple_of)
+            if self.node is self.batcher:  # nothing in between reads the examples: stay in Arrow
+                self.batcher.columnar = True
+                kwargs.setdefault("input_key", self.batcher.input_key)
+                kwargs.setdefault("length_key", self.batcher.length_key)
         if num_workers > 0:
             return self._then(ParallelMapper(self.node, Collate(**kwargs), num_workers=num_workers, method=method,
                                              in_order=True))

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from torchdata.nodes import BaseNode
 
 from seqbucket_plugin.errors import MissingColumnError, StateDictError
@@ -57,6 +58,7 @@ class MapDatasetSource(BaseNode[dict]):
                     raise MissingColumnError(column, dataset.column_names)
             dataset = dataset.select_columns(list(columns))
         self.dataset = dataset
+        self._arrow: datasets.Dataset | None = None
         self.read_size = read_size
         self._next_index = 0
         self._buffer: list[dict] = []
@@ -80,6 +82,13 @@ class MapDatasetSource(BaseNode[dict]):
         if len(indices) == 0:
             return []
         return _columns_to_rows(self.dataset[np.asarray(indices, dtype=np.int64)])
+
+    def take_table(self, indices: Sequence[int] | np.ndarray) -> pa.Table:
+        """The rows at ``indices`` (in that order) as a ``pyarrow.Table``: no Python objects per
+        row (what :func:`~seqbucket_plugin.datapipes.packing.collate_table` pads, vectorised)."""
+        if self._arrow is None:  # with_format builds a new Dataset view: once, not per batch
+            self._arrow = self.dataset.with_format("arrow")
+        return self._arrow[np.asarray(indices, dtype=np.int64)]
 
     def reset(self, initial_state: dict | None = None):
         super().reset(initial_state)
