@@ -6,11 +6,11 @@
     python benchmarks/bench_loading.py memory --examples 200000   # a shorter stream
 
 throughput: from an already tokenized IMDB train ``Dataset`` to padded batches for a whole epoch,
-real (non-padding) tokens per second, median of 3 epochs each:
+real (non-padding) tokens per second, median of 5 epochs each, timed round-robin:
 * HF: ``DataLoader(ds, batch_size=32, shuffle=True, collate_fn=DataCollatorWithPadding(tok))``,
   and the same with ``LengthGroupedSampler`` (``group_by_length``);
 * ours: ``Pipe.from_hf(ds).bucket_batch(max_tokens=32 x mean length).pack()`` in one process, and
-  with collation in 2 worker threads (``ParallelMapper``).
+  with collation in 2 worker threads (``pack(num_workers=2)``, a ``ParallelMapper``).
 
 memory: ``datasets.IterableDataset.from_generator`` of random texts -> ``TokenizeNode`` ->
 ``BucketBatcher(buffer_size=20_000)`` -> ``Pack``, one epoch; prints the resident set size every
@@ -33,15 +33,24 @@ DATA = ROOT.parent / "shared" / "data" / "imdb"
 sys.path.insert(0, str(ROOT))
 
 
-def _median_rate(run, repeats: int = 3) -> tuple[float, float]:
-    rates, times = [], []
+def _report(rows, repeats: int = 5) -> None:
+    """Time every ``(name, run)`` round-robin (epoch 1 of each, then epoch 2 of each, ...), so a
+    slow-down of the shared machine hits all paths alike; print median real tokens/s and the ratio
+    to the first row."""
+    times: dict[str, list[float]] = {name: [] for name, _ in rows}
+    tokens: dict[str, int] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        tokens = run()
-        elapsed = time.perf_counter() - start
-        rates.append(tokens / elapsed)
-        times.append(elapsed)
-    return statistics.median(rates), statistics.median(times)
+        for name, run in rows:
+            start = time.perf_counter()
+            tokens[name] = run()
+            times[name].append(time.perf_counter() - start)
+    base = None
+    for name, _ in rows:
+        rates = sorted(tokens[name] / t for t in times[name])
+        rate, seconds = statistics.median(rates), statistics.median(times[name])
+        base = base or rate
+        print(f"{name:62s} {rate / 1e6:6.2f} M real tokens/s  ({seconds:.2f} s/epoch, {rate / base:5.1f}x; "
+              f"epochs {rates[0] / 1e6:.2f}-{rates[-1] / 1e6:.2f} M)")
 
 
 def throughput() -> None:
@@ -53,7 +62,6 @@ def throughput() -> None:
     from seqbucket_plugin.datapipes import (
         Pipe,
         TextTokenizer,
-        collate_packed,
         load_classification,
         tokenize_dataset,
     )
@@ -83,11 +91,7 @@ def throughput() -> None:
 
     def ours_epoch(workers: int = 0):
         def run():
-            if workers:
-                pipe = Pipe.from_hf(ds).bucket_batch(max_tokens=max_tokens).map(
-                    lambda batch: collate_packed(batch, pad_id=tok.pad_id), num_workers=workers)
-            else:
-                pipe = Pipe.from_hf(ds).bucket_batch(max_tokens=max_tokens).pack(pad_id=tok.pad_id)
+            pipe = Pipe.from_hf(ds).bucket_batch(max_tokens=max_tokens).pack(pad_id=tok.pad_id, num_workers=workers)
             return sum(batch.num_tokens for batch in pipe.loader())
         return run
 
@@ -95,13 +99,9 @@ def throughput() -> None:
         ("HF DataLoader + DataCollatorWithPadding, shuffled, 32", lambda: hf_epoch()),
         ("HF DataLoader + DataCollatorWithPadding, group_by_length, 32", grouped_epoch),
         ("ours: bucket_batch(max_tokens) -> pack, 1 process", ours_epoch()),
-        ("ours: bucket_batch -> collate in 2 threads (ParallelMapper)", ours_epoch(2)),
+        ("ours: the same, pack(num_workers=2) (ParallelMapper threads)", ours_epoch(2)),
     ]
-    base = None
-    for name, run in rows:
-        rate, seconds = _median_rate(run)
-        base = base or rate
-        print(f"{name:62s} {rate / 1e6:6.2f} M real tokens/s  ({seconds:.2f} s/epoch, {rate / base:5.1f}x)")
+    _report(rows)
 
 
 class _IndexBatches:
@@ -120,17 +120,16 @@ class _IndexBatches:
 
 
 class _FetchAndPack:
-    """Index array -> rows read from the (memory-mapped) dataset -> ``PackedBatch``; picklable."""
+    """Index array -> Arrow rows of the (memory-mapped) dataset -> ``PackedBatch`` (the same
+    vectorised ``collate_table`` as the one-process path); picklable."""
 
     def __init__(self, dataset, pad_id: int):
-        self.dataset, self.pad_id = dataset, pad_id
+        self.dataset, self.pad_id = dataset.with_format("arrow"), pad_id
 
     def __call__(self, indices):
-        from seqbucket_plugin.datapipes import collate_packed
-        from seqbucket_plugin.datapipes.sources import _columns_to_rows
+        from seqbucket_plugin.datapipes import collate_table
 
-        rows = _columns_to_rows(self.dataset[np.asarray(indices, dtype=np.int64)])
-        return collate_packed(rows, pad_id=self.pad_id)
+        return collate_table(self.dataset[np.asarray(indices, dtype=np.int64)], pad_id=self.pad_id)
 
 
 class _FetchAndPackMany(_FetchAndPack):
@@ -187,11 +186,7 @@ def workers() -> None:
              for method in ("thread", "process") for n in (1, 2)]
     rows += [(f"the same, 2 {plural[method]}, {k} batches per hand-off", chunked(method, k))
              for method in ("thread", "process") for k in (16, 64)]
-    base = None
-    for name, run in rows:
-        rate, seconds = _median_rate(run)
-        base = base or rate
-        print(f"{name:48s} {rate / 1e6:6.2f} M real tokens/s  ({seconds:.2f} s/epoch, {rate / base:4.2f}x)")
+    _report(rows)
 
 
 def memory(num_examples: int) -> None:
