@@ -104,19 +104,16 @@ def throughput() -> None:
     _report(rows)
 
 
-class _IndexBatches:
-    """Wraps a map-style ``BucketBatcher`` so that it yields index arrays (planning only); the
-    fetch from Arrow and the collation then run in :class:`_FetchAndPack` workers."""
+def _index_batcher(dataset, max_tokens: int):
+    """A map-style ``BucketBatcher`` that yields index arrays (planning only); the fetch from
+    Arrow and the collation then run in :class:`_FetchAndPack` workers."""
+    from seqbucket_plugin.datapipes import BucketBatcher, MapDatasetSource
 
-    @staticmethod
-    def make(dataset, max_tokens):
-        from seqbucket_plugin.datapipes import BucketBatcher, MapDatasetSource
+    class IndexBatcher(BucketBatcher):
+        def _fetch(self, indices):
+            return indices
 
-        class IndexBatcher(BucketBatcher):
-            def _fetch(self, indices):
-                return indices
-
-        return IndexBatcher(MapDatasetSource(dataset), max_tokens=max_tokens)
+    return IndexBatcher(MapDatasetSource(dataset), max_tokens=max_tokens)
 
 
 class _FetchAndPack:
@@ -167,14 +164,14 @@ def workers() -> None:
 
     def parallel(method: str, n: int):
         def run():
-            node = ParallelMapper(_IndexBatches.make(ds, max_tokens), _FetchAndPack(ds, tok.pad_id),
+            node = ParallelMapper(_index_batcher(ds, max_tokens), _FetchAndPack(ds, tok.pad_id),
                                   num_workers=n, method=method, in_order=True)
             return sum(b.num_tokens for b in Loader(node))
         return run
 
     def chunked(method: str, k: int):
         def run():
-            chunks = Batcher(_IndexBatches.make(ds, max_tokens), k, drop_last=False)
+            chunks = Batcher(_index_batcher(ds, max_tokens), k, drop_last=False)
             node = Unbatcher(ParallelMapper(chunks, _FetchAndPackMany(ds, tok.pad_id), num_workers=2,
                                             method=method, in_order=True))
             return sum(b.num_tokens for b in Loader(node))

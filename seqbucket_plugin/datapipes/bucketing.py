@@ -312,9 +312,7 @@ class BucketBatcher(BaseNode[list[dict]]):
         self.rank = rank
         self.world_size = world_size
         self.indexed = callable(getattr(source, "lengths", None)) and callable(getattr(source, "take", None))
-        # set by Pipe.pack() when it follows directly: batches of a map-style source then stay in
-        # Arrow form (ColumnarBatch) and are padded vectorised, with no Python object per row
-        self.columnar = False
+        self.columnar = False  # see enable_columnar
 
         self._boundaries = None if boundaries is None else np.unique(np.asarray(boundaries, dtype=np.int64))
         self._all_lengths: np.ndarray | None = None
@@ -439,7 +437,7 @@ class BucketBatcher(BaseNode[list[dict]]):
 
     def _fetch(self, indices: np.ndarray) -> list[dict] | ColumnarBatch:
         limit = self._truncate_to
-        if self.columnar and self.indexed and callable(getattr(self.source, "take_table", None)):
+        if self.columnar:
             truncate_to = limit if self.oversize == "truncate" else None
             return ColumnarBatch(self.source.take_table(indices), truncate_to=truncate_to)
         if self.indexed:
@@ -569,6 +567,13 @@ class BucketBatcher(BaseNode[list[dict]]):
             self.BOUNDARIES_KEY: None if self._boundaries is None else self._boundaries.tolist(),
             self.STATS_KEY: self.stats.as_dict(),
         }
+
+    def enable_columnar(self) -> bool:
+        """Yield :class:`ColumnarBatch` es (rows still in Arrow, for :func:`collate_table`) instead
+        of lists of dicts, when the source can (a map-style source with ``take_table``). What
+        ``Pipe.pack()`` asks for when it directly follows. Returns whether batches are columnar."""
+        self.columnar = self.indexed and callable(getattr(self.source, "take_table", None))
+        return self.columnar
 
     @property
     def boundaries(self) -> np.ndarray | None:

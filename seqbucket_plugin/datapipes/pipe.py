@@ -98,7 +98,7 @@ class Pipe:
         if self.batcher is not None:
             kwargs.setdefault("pad_to_multiple_of", self.batcher.pad_to_multiple_of)
             if self.node is self.batcher:  # nothing in between reads the examples: stay in Arrow
-                self.batcher.columnar = True
+                self.batcher.enable_columnar()
                 kwargs.setdefault("input_key", self.batcher.input_key)
                 kwargs.setdefault("length_key", self.batcher.length_key)
         if num_workers > 0:
