@@ -18,7 +18,12 @@ bucketing this still spans short to long reviews). The configurations are timed 
 pass of each, then the next pass of each), so a slow-down of the shared machine hits all of them
 alike. Reported: median over ``--repeats`` passes of real tokens / seconds.
 
-Run from the project root:  python benchmarks/bench_encoders.py
+``--crossover`` instead times ``padded_exact`` against ``padded_static`` on synthetic batches of
+growing padding (real tokens / (rows x longest) from 0.95 down to 0.45), short sentences and long
+documents: where ``padded_static`` stops being faster is the ``static_min_density`` that
+``auto`` uses on CPU.
+
+Run from the project root:  python benchmarks/bench_encoders.py [--crossover]
 """
 
 from __future__ import annotations
@@ -152,6 +157,35 @@ def exactness(vocab, emb, hidden, batch):
     return err_ours, err_pad
 
 
+def crossover(args) -> None:
+    """static/exact time ratio per padding density, round-robin medians (see the module docs)."""
+    enc = create_encoder("bilstm", input_size=args.embedding, hidden_size=args.hidden).train()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; bilstm {args.embedding}->{args.hidden}, "
+          f"forward+backward, median of {args.repeats} round-robin passes; current static_min_density "
+          f"{enc.static_min_density}")
+    print(f"{'rows x longest':>15s} {'density':>8s} {'padded_exact ms':>16s} {'padded_static ms':>17s} "
+          f"{'static/exact':>13s}")
+    g = torch.Generator().manual_seed(args.seed)
+    for rows, T in ((64, 30), (32, 300)):
+        for target in (0.95, 0.85, 0.75, 0.65, 0.55, 0.45):
+            u = torch.rand(rows, generator=g)
+            lens = (T * u ** ((1 - target) / target)).ceil().long().clamp(1, T)  # mean about target x T
+            lens[0] = T
+            lens = lens.sort(descending=True).values
+            x = torch.randn(rows, T, args.embedding, generator=g, requires_grad=True)
+            times = {"padded_exact": [], "padded_static": []}
+            for r in range(args.repeats + 1):
+                for strategy, ts in times.items():
+                    start = time.perf_counter()
+                    enc(x, lens, strategy=strategy).states.sum().backward()
+                    if r:  # the first pass warms up
+                        ts.append(time.perf_counter() - start)
+            exact, static = (statistics.median(times[k]) for k in ("padded_exact", "padded_static"))
+            density = int(lens.sum()) / (rows * T)
+            print(f"{rows:>7d} x {T:<5d} {density:8.3f} {exact * 1e3:16.1f} {static * 1e3:17.1f} "
+                  f"{static / exact:13.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", type=int, default=1600)
@@ -166,7 +200,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-slow", action="store_true", help="skip the packed configurations on CPU")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--crossover", action="store_true",
+                    help="only time padded_exact vs padded_static over padding densities (synthetic batches)")
     args = ap.parse_args()
+    if args.crossover:
+        crossover(args)
+        return
 
     if not IMDB.exists():
         print("IMDB not found at ../shared/data/imdb/train.parquet (relative to the project root); skipping.")

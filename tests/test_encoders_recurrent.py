@@ -94,6 +94,23 @@ def test_locked_dropout_is_shared_over_time():
     assert torch.equal(dropped.any(1), dropped.all(1))
 
 
+def test_auto_picks_padded_static_for_dense_batches_on_cpu():
+    enc = RecurrentEncoder(D, H, bidirectional=True)
+    x = torch.randn(4, 10, D)
+    dense, sparse = torch.tensor([10, 9, 8, 8]), torch.tensor([10, 2, 1, 1])  # 88% and 35% real
+    assert enc.choose_strategy(None, x, dense) == "padded_static"
+    assert enc.choose_strategy(None, x, sparse) == "padded_exact"
+    assert enc.choose_strategy("padded_exact", x, dense) == "padded_exact"  # an explicit choice is kept
+    assert RecurrentEncoder(D, H, strategy="padded_exact").choose_strategy(None, x, dense) == "padded_exact"
+    assert enc.choose_strategy(None, x[:0], dense[:0]) == "padded_exact"  # empty batch
+    enc.static_min_density = 0.9
+    assert enc.choose_strategy(None, x, dense) == "padded_exact"
+    # both choices are exact: auto on a dense batch equals padded_exact
+    enc.static_min_density = 0.75
+    torch.testing.assert_close(enc(x, dense).states, enc(x, dense, strategy="padded_exact").states,
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_strategy_choice_and_override():
     enc = RecurrentEncoder(D, H, bidirectional=True)
     assert enc.resolve_strategy(None, torch.device("cpu")) == "padded_exact"

@@ -202,6 +202,14 @@ class SequenceEncoder(nn.Module):
         chosen = self._check_strategy(strategy or self.strategy)
         return self.default_strategy(device) if chosen == "auto" else chosen
 
+    def choose_strategy(self, strategy: str | None, x: torch.Tensor, lengths: torch.Tensor) -> str:
+        """The strategy one call runs: :meth:`resolve_strategy` on ``x``'s device by default.
+
+        Subclasses may also look at the batch (``x (B, T, D)``, CPU ``lengths (B,)``) to pick
+        the fastest exact strategy for it; an explicit ``strategy`` must be kept.
+        """
+        return self.resolve_strategy(strategy, x.device)
+
     def forward(
         self,
         inputs: Any,
@@ -212,7 +220,7 @@ class SequenceEncoder(nn.Module):
         embed: nn.Module | None = None,
     ) -> EncoderOutput:
         x, lengths = resolve_inputs(inputs, lengths, mask, embed)
-        strat = self.resolve_strategy(strategy, x.device)
+        strat = self.choose_strategy(strategy, x, lengths)
         mask_dev = to_device_index(prefix_mask(lengths, x.size(1)), x.device)
         states, final = self.encode(x, lengths, mask_dev, strat)
         pooled = self.pooler(states, mask_dev, lengths)

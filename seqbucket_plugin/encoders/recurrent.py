@@ -2,7 +2,7 @@
 
 Three exact execution strategies give the same results (to float rounding):
 
-``padded_exact`` (the default on CPU)
+``padded_exact`` (``auto`` on CPU for sparse batches, such as random batches of long documents)
     No ``PackedSequence``. Rows are taken longest first and time is cut at the distinct lengths
     of the batch; consecutive cuts are merged into groups of at least ``min_kernel_steps`` steps.
     Each group runs once through the fused RNN kernel (oneDNN on CPU) over the rows still active
@@ -21,7 +21,8 @@ Three exact execution strategies give the same results (to float rounding):
 ``packed`` (the default on CUDA, where cuDNN's packed kernels are fast)
     Each layer runs once over a :class:`~torch.nn.utils.rnn.PackedSequence`.
 
-``padded_static`` (what ``auto`` and ``padded_exact`` run under ``torch.compile``/``torch.export``)
+``padded_static`` (``auto`` on CPU for dense, e.g. bucketed, batches; ``auto`` and ``padded_exact``
+under ``torch.compile``/``torch.export``)
     No data-dependent Python control flow, so it traces. Each layer is one fused (bidirectional)
     kernel call over the whole right-padded batch, in any row order, with one extra input
     feature equal to 1 at padded positions whose weights saturate gates exactly (LSTM: forget
@@ -93,7 +94,8 @@ class RecurrentEncoder(SequenceEncoder):
             per forward, training only; AWD-LSTM style).
         forget_bias: initial forget-gate bias of LSTMs (the two bias vectors sum to it).
         pooling: see :class:`~seqbucket_plugin.encoders.Pooler`.
-        strategy: ``"auto"`` (``packed`` on CUDA, ``padded_exact`` elsewhere, ``padded_static``
+        strategy: ``"auto"`` (``packed`` on CUDA; elsewhere ``padded_static`` for batches at
+            least :attr:`static_min_density` real tokens, else ``padded_exact``; ``padded_static``
             while compiling/exporting), ``"packed"``, ``"padded_exact"`` (run as
             ``padded_static`` while compiling/exporting) or ``"padded_static"``; a per-call
             ``strategy=`` overrides it.
@@ -102,6 +104,10 @@ class RecurrentEncoder(SequenceEncoder):
     """
 
     strategies = ("padded_exact", "packed", "padded_static")
+    #: ``auto`` off CUDA runs ``padded_static`` on batches whose real tokens fill at least this
+    #: share of ``B x T`` (see :meth:`choose_strategy`). On a 2-core x86 CPU the two strategies
+    #: cross between 0.6 and 0.8 (``python benchmarks/bench_encoders.py --crossover``).
+    static_min_density: float = 0.75
 
     def __init__(
         self,
@@ -216,6 +222,23 @@ class RecurrentEncoder(SequenceEncoder):
         if chosen == "padded_exact" and torch.compiler.is_compiling():
             # the length-driven plan of padded_exact cannot be traced; padded_static computes the
             # same exact results without data-dependent control flow
+            return "padded_static"
+        return chosen
+
+    def choose_strategy(self, strategy: str | None, x: torch.Tensor, lengths: torch.Tensor) -> str:
+        """``auto`` off CUDA: ``padded_static`` for a dense batch, else ``padded_exact``.
+
+        Dense means at least :attr:`static_min_density` of the ``B x T`` positions are real
+        tokens. There one fused kernel call per layer over the padding costs less than
+        ``padded_exact``'s per-length groups, reversal gathers and cell-state recomputation;
+        on sparse batches (random batches of long documents) skipping the padding wins.
+        Reads the CPU lengths only (no synchronisation).
+        """
+        chosen = self.resolve_strategy(strategy, x.device)
+        if chosen != "padded_exact" or (strategy or self.strategy) != "auto":
+            return chosen
+        positions = x.size(0) * x.size(1)
+        if positions and int(lengths.sum()) >= self.static_min_density * positions:
             return "padded_static"
         return chosen
 
