@@ -120,8 +120,8 @@ def build_vocabularies(args, train: datasets.Dataset, out: Path) -> tuple[TextTo
 
 
 def tokenize(args, tokenizer: TextTokenizer, split: datasets.Dataset, keep=("tokens",)) -> datasets.Dataset:
-    return tokenize_tagged_dataset(split, tokenizer, subword=False, max_length=args.max_length, truncation="head",
-                                   keep_columns=list(keep))
+    return tokenize_tagged_dataset(split, tokenizer, subword=False, max_length=args.max_length or None,
+                                   truncation="head", keep_columns=list(keep))
 
 
 def make_pipe(args, dataset, tokenizer, chars: CharVocab, device, *, train: bool) -> Pipe:

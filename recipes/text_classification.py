@@ -133,7 +133,7 @@ def build_tokenizer(args, train: datasets.Dataset, out: Path) -> TextTokenizer:
 
 
 def tokenize(args, tokenizer: TextTokenizer, split: datasets.Dataset, keep=()) -> datasets.Dataset:
-    max_length = None if args.tbptt_chunk else args.max_length
+    max_length = None if args.tbptt_chunk or not args.max_length else args.max_length
     return tokenize_dataset(split, tokenizer, max_length=max_length, truncation=args.truncation,
                             head_fraction=args.head_fraction, keep_columns=keep,
                             label_column="label" if "label" in split.column_names else None)

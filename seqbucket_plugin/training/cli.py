@@ -62,7 +62,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dev-file", help="dev file (default: 10%% of the training file)")
     data.add_argument("--test-file", help="test file (default: none, or the dataset's test split)")
     data.add_argument("--dataset", help="a Hugging Face Hub dataset name (needs internet), instead of files")
-    data.add_argument("--max-length", type=int, help="truncate examples to this many tokens")
+    data.add_argument("--max-length", type=int, help="truncate examples to this many tokens (0: no truncation)")
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-tokens", type=int, help="token budget per batch, padding included")
     batching.add_argument("--batch-size", type=int, help="fixed rows per batch (instead of --max-tokens)")
