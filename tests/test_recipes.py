@@ -77,6 +77,27 @@ def test_classification_tbptt_and_naive(cls_data, tmp_path):
         assert 0.0 <= metrics["test_accuracy"] <= 1.0
 
 
+def test_max_length_zero_means_no_truncation(tmp_path):
+    import argparse
+
+    import datasets
+
+    from seqbucket_plugin.datapipes import TextTokenizer
+
+    text = " ".join(["word"] * 50)
+    split = datasets.Dataset.from_dict({"text": [text, "a b"], "label": [0, 1]})
+    tokenizer = TextTokenizer.train(split, kind="word", vocab_size=100, min_frequency=1)
+    base = {"tbptt_chunk": 0, "truncation": "head", "head_fraction": 0.25}
+    whole = cls_recipe.tokenize(argparse.Namespace(max_length=0, **base), tokenizer, split)
+    cut = cls_recipe.tokenize(argparse.Namespace(max_length=10, **base), tokenizer, split)
+    assert max(whole["length"]) > 50 - 1 and max(cut["length"]) == 10
+
+    tagged = datasets.Dataset.from_dict({"tokens": [["w"] * 30], "tags": [[0] * 30]})
+    tag_tokenizer = tag_recipe.word_tokenizer(tagged["tokens"], min_frequency=1, vocab_size=100)
+    assert tag_recipe.tokenize(argparse.Namespace(max_length=0), tag_tokenizer, tagged)["length"] == [30]
+    assert tag_recipe.tokenize(argparse.Namespace(max_length=12), tag_tokenizer, tagged)["length"] == [12]
+
+
 def test_tagging_train_save_predict(tag_data, tmp_path):
     out = tmp_path / "run"
     metrics = tag_recipe.main([*_files(tag_data), *SMALL_TAG, "--epochs", "2", "--output-dir", str(out)])
