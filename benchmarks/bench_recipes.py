@@ -1,8 +1,8 @@
 """Full recipe runs on the shared real data (not CI): quality targets and bucketing vs. a naive set-up.
 
-    python benchmarks/bench_recipes.py ud          # UD English EWT UPOS: bucketed, then naive
+    python benchmarks/bench_recipes.py ud          # UD English EWT UPOS: bucketed, naive, bucketed 20 epochs
     python benchmarks/bench_recipes.py imdb        # IMDB: bucketed, then naive
-    python benchmarks/bench_recipes.py imdb-full   # IMDB without truncation, 2 epochs: bucketed, then naive
+    python benchmarks/bench_recipes.py imdb-full   # whole IMDB reviews: bucketed, naive (2 epochs), bucketed 3
     python benchmarks/bench_recipes.py all         # ud and imdb
     python benchmarks/bench_recipes.py ud_bucket_20ep imdb_full_bucket_3ep   # single runs, by name
 
@@ -50,7 +50,7 @@ RUNS = {
                         "--batching", "naive", "--batch-size", "32", "--lr", "0.002", "--no-progress"]),
     ],
     # whole reviews (up to 2,850 tokens): random batches of 32 are about 28% real tokens. Two epochs each,
-    # because a naive epoch takes about 18 minutes here; the same seed, lr and epochs for both.
+    # because a naive epoch takes about 21 minutes here; the same seed, lr and epochs for both.
     "imdb-full": [
         ("imdb_full_bucket", ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
                               "--test-file", f"{IMDB}/test.parquet", "--max-length", "0", "--embedding-dim", "128",
