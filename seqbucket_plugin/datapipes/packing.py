@@ -349,15 +349,14 @@ class Pack(BaseNode[PackedBatch]):
     def __init__(self, source: BaseNode[list[dict]], **collate_kwargs: Any):
         super().__init__()
         self.source = source
-        self.collate_kwargs = collate_kwargs
-        self._collate = Collate(**collate_kwargs)
+        self.collate = Collate(**collate_kwargs)  # its collate_kwargs are the keyword arguments
 
     def reset(self, initial_state: dict | None = None):
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state[self.SOURCE_KEY])
 
     def next(self) -> PackedBatch:
-        return self._collate(next(self.source))
+        return self.collate(next(self.source))
 
     def get_state(self) -> dict:
         return {self.SOURCE_KEY: self.source.state_dict()}
