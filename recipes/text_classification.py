@@ -183,12 +183,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if world_size_from_env() > 1 and os.environ.get("RANK", "0") != "0":
             return {"predictions": 0}  # under torchrun only rank 0 predicts
         return predict(args, out)
-    ctx = init_distributed(args.device)
-    try:
-        with ctx.quiet_unless_main():
-            return train(args, out, ctx)
-    finally:
-        ctx.close()
+    with init_distributed(args.device) as ctx, ctx.quiet_unless_main():
+        return train(args, out, ctx)
 
 
 def prepare(args, out: Path, recorder: DebugRecorder, tokenizer: TextTokenizer | None = None):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -110,11 +111,31 @@ class DistContext:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             yield
 
-    def close(self) -> None:
-        """Destroy the process group if :func:`init_distributed` created it."""
-        if self.initialized and dist.is_initialized():
-            dist.destroy_process_group()
-            self.initialized = False
+    def close(self, *, synchronize: bool = False) -> None:
+        """Destroy the process group if :func:`init_distributed` created it.
+
+        With ``synchronize`` (a run that ended normally) the ranks first meet at a barrier, so no
+        rank tears the group down while another is still in its last collectives. Garbage is
+        collected around ``destroy_process_group``: whatever still holds the group (a
+        ``DistributedDataParallel`` wrapper caught in a reference cycle, for one) must release it
+        while the interpreter is fully alive. Left to interpreter shutdown, the gloo backend's
+        worker threads can touch Python objects after finalisation has begun, and a run that
+        succeeded aborts on exit ("terminate called without an active exception", SIGABRT).
+        """
+        if not (self.initialized and dist.is_initialized()):
+            return
+        if synchronize and self.enabled:
+            dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
+        gc.collect()
+        self.initialized = False
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(synchronize=exc_type is None)
 
 
 def init_distributed(device_name: str = "auto") -> DistContext:
