@@ -45,6 +45,7 @@ skips in a row stop the run. A batch that does not fit in CUDA memory raises a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -284,6 +285,13 @@ class Trainer:
         self.use_amp = bool(config.amp) and device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        # The autocast context of a forward pass (mixed precision on CUDA, nothing on the CPU): a
+        # factory that does not refer back to the trainer, so a step that captures it (as the
+        # recipes' steps do) makes no reference cycle and the trainer, its DDP wrapper and its
+        # loaders are freed as soon as the caller drops them.
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = (
+            functools.partial(torch.autocast, device_type="cuda", dtype=self.amp_dtype) if self.use_amp
+            else contextlib.nullcontext)
         self.state = _LoopState()
 
     # ------------------------------------------------------------------ helpers
@@ -293,12 +301,6 @@ class Trainer:
         if self.config.max_steps > 0:
             total = min(total, self.config.max_steps) if total else self.config.max_steps
         return max(1, total)
-
-    def autocast(self):
-        """The autocast context of a forward pass (mixed precision on CUDA, nothing on the CPU)."""
-        if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-        return contextlib.nullcontext()
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
