@@ -11,6 +11,7 @@ from seqbucket_plugin.training.checkpoint import (
     restore_rng_state,
     verify_checkpoint,
 )
+from seqbucket_plugin.training.distributed import DistContext, init_distributed, map_batches
 from seqbucket_plugin.training.engine import (
     StepOutput,
     TrainConfig,
@@ -29,6 +30,7 @@ from seqbucket_plugin.training.metrics import (
 from seqbucket_plugin.training.synthetic import write_classification_data, write_tagging_data
 
 __all__ = [
+    "DistContext",
     "StepOutput",
     "TrainConfig",
     "Trainer",
@@ -36,10 +38,12 @@ __all__ = [
     "atomic_save",
     "capture_rng_state",
     "get_spans",
+    "init_distributed",
     "is_span_scheme",
     "linear_warmup_decay",
     "load_checkpoint",
     "macro_f1",
+    "map_batches",
     "resolve_device",
     "restore_rng_state",
     "span_prf",
