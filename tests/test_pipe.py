@@ -56,6 +56,19 @@ def test_chain_resumes_through_loader_state(reviews, tokenizer, streaming):
     assert _signature(head) + _signature(resumed) == reference
 
 
+@pytest.mark.parametrize("seen_before", [5, 400])
+def test_a_stream_iterated_before_still_gives_every_example_each_epoch(reviews, tokenizer, seen_before):
+    """``datasets`` keeps the position of a stream's latest iterator in the dataset object: a user
+    who peeked at it (``next(iter(ds))``), or went through it, must still get all 400 in epoch 0."""
+    stream = reviews.to_iterable_dataset(num_shards=4)
+    it = iter(stream)
+    for _ in range(seen_before):
+        next(it)
+    loader = Pipe.from_hf(stream).tokenize(tokenizer).bucket_batch(max_tokens=512, buffer_size=128).pack().loader()
+    for _ in range(2):
+        assert sum(b.batch_size for b in loader) == 400
+
+
 def test_node_composes_with_torchdata(reviews, tokenizer):
     pipe = Pipe.from_hf(reviews).tokenize(tokenizer).bucket_batch(batch_size=16).pack().prefetch(2)
     batches = list(Loader(pipe.node))

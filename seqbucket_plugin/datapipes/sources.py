@@ -124,7 +124,9 @@ class IterableDatasetSource(BaseNode[dict]):
     Each epoch calls ``dataset.set_epoch(epoch)`` so that a shuffled stream
     (``IterableDataset.shuffle``) differs from epoch to epoch. The state holds the epoch and the
     dataset's own ``state_dict()``, so a restore resumes the stream without replaying it (rows held
-    in a ``datasets`` shuffle buffer are refilled, as ``datasets`` documents).
+    in a ``datasets`` shuffle buffer are refilled, as ``datasets`` documents). A fresh epoch
+    (``reset()`` without a state) always starts at the beginning of the stream, even if the
+    dataset object was iterated before.
 
     Args:
         dataset: the streaming dataset.
@@ -147,7 +149,6 @@ class IterableDatasetSource(BaseNode[dict]):
 
             dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         self.dataset = dataset
-        self._initial_dataset_state = copy.deepcopy(dataset.state_dict())
         self._epoch = -1
         self._num_yielded = 0
         self._it = None
@@ -158,8 +159,11 @@ class IterableDatasetSource(BaseNode[dict]):
             self._epoch += 1
             self._num_yielded = 0
             self.dataset.set_epoch(self._epoch)
-            # A fresh epoch: forget any position the dataset carries from a previous iterator.
-            self.dataset.load_state_dict(copy.deepcopy(self._initial_dataset_state))
+            # A fresh epoch starts at the first example, whatever position the dataset object
+            # carries: its state_dict() is that of its latest iterator, so a stream the user had
+            # peeked at (next(iter(ds))) would otherwise lose those examples in this epoch.
+            # No starting state (None) is how `datasets` itself begins a stream.
+            self.dataset.load_state_dict(None)
         else:
             try:
                 self._epoch = int(initial_state[self.EPOCH_KEY])
