@@ -23,6 +23,7 @@ from seqbucket_plugin.datapipes import (
     TextTokenizer,
     TokenizeNode,
 )
+from seqbucket_plugin.errors import StateDictError
 from seqbucket_plugin.testing import check_save_load_state
 
 LENGTHS = np.random.default_rng(7).integers(0, 40, 300)
@@ -59,9 +60,18 @@ def _stream_source():
     return IterableDatasetSource(datasets.Dataset.from_list(EXAMPLES).to_iterable_dataset(num_shards=4))
 
 
+def _generated_stream(n: int):
+    yield from EXAMPLES[:n]
+
+
 NODE_FACTORIES = {
     "MapDatasetSource": _map_source,
     "IterableDatasetSource": _stream_source,
+    # several reads per epoch, states taken inside a read (the midpoints 3 and 11)
+    "IterableDatasetSource/read_size=5": lambda: IterableDatasetSource(
+        datasets.Dataset.from_list(EXAMPLES).to_iterable_dataset(num_shards=4), read_size=5),
+    "IterableDatasetSource/generator/read_size=4": lambda: IterableDatasetSource(
+        datasets.IterableDataset.from_generator(_generated_stream, gen_kwargs={"n": 50}), read_size=4),
     "BucketBatcher/map/max_tokens": lambda: BucketBatcher(_map_source(), max_tokens=128),
     "BucketBatcher/map/batch_size": lambda: BucketBatcher(_map_source(), batch_size=8, drop_last=True),
     "BucketBatcher/map/truncate+multiple": lambda: BucketBatcher(
@@ -109,3 +119,18 @@ def test_state_dict_is_plain_data(name):
             assert not isinstance(value, torch.Tensor)
 
     walk(node.state_dict())
+
+
+def test_stream_source_refuses_states_it_cannot_resume():
+    node = IterableDatasetSource(datasets.Dataset.from_list(EXAMPLES).to_iterable_dataset(num_shards=4), read_size=5)
+    for _ in range(7):
+        next(node)
+    state = node.state_dict()
+    other = IterableDatasetSource(datasets.Dataset.from_list(EXAMPLES).to_iterable_dataset(num_shards=4), read_size=8)
+    with pytest.raises(StateDictError, match="read_size=5"):
+        other.reset(state)
+    row_by_row = {k: v for k, v in state.items() if k not in ("offset", "read_size")}  # an earlier version's
+    with pytest.raises(StateDictError, match="not a state of IterableDatasetSource"):
+        other.reset(row_by_row)
+    with pytest.raises(StateDictError, match="offset"):
+        node.reset({**state, "offset": 6})

@@ -121,69 +121,122 @@ class MapDatasetSource(BaseNode[dict]):
 class IterableDatasetSource(BaseNode[dict]):
     """A streaming ``datasets.IterableDataset`` as a resumable node.
 
-    Each epoch calls ``dataset.set_epoch(epoch)`` so that a shuffled stream
-    (``IterableDataset.shuffle``) differs from epoch to epoch. The state holds the epoch and the
-    dataset's own ``state_dict()``, so a restore resumes the stream without replaying it (rows held
-    in a ``datasets`` shuffle buffer are refilled, as ``datasets`` documents). A fresh epoch
-    (``reset()`` without a state) always starts at the beginning of the stream, even if the
-    dataset object was iterated before.
+    Rows are read ``read_size`` at a time (``dataset.iter(batch_size=read_size)``: one formatted
+    batch per call instead of one per row, about 10x less time inside ``datasets``) and yielded
+    one by one as dicts. Each epoch calls ``dataset.set_epoch(epoch)`` so that a shuffled stream
+    (``IterableDataset.shuffle``) differs from epoch to epoch. A fresh epoch (``reset()``
+    without a state) always starts at the beginning of the stream, even if the dataset object was
+    iterated before.
+
+    State: the epoch, the dataset's own ``state_dict()`` at the start of the current read and the
+    rows already yielded from it, so a restore re-reads at most one read of ``read_size`` rows
+    instead of replaying the stream (rows held in a ``datasets`` shuffle buffer are refilled, as
+    ``datasets`` documents). A state restores only into a source with the same ``read_size``.
 
     Args:
         dataset: the streaming dataset.
         rank, world_size: when given, the stream is split with
             ``datasets.distributed.split_dataset_by_node`` so that each rank reads its own part.
+        read_size: rows per read from the dataset.
+
+    Raises:
+        StateDictError (from ``reset``): a state that is not one of this source's, or that was
+            saved with another ``read_size`` (or by an earlier version that read row by row).
     """
 
     EPOCH_KEY = "epoch"
     DATASET_KEY = "dataset_state"
     NUM_YIELDED_KEY = "num_yielded"
+    OFFSET_KEY = "offset"
+    READ_SIZE_KEY = "read_size"
 
-    def __init__(self, dataset: datasets.IterableDataset, *, rank: int | None = None, world_size: int | None = None):
+    def __init__(self, dataset: datasets.IterableDataset, *, rank: int | None = None,
+                 world_size: int | None = None, read_size: int = 1000):
         super().__init__()
         if not isinstance(dataset, datasets.IterableDataset):
             raise TypeError(f"IterableDatasetSource needs a datasets.IterableDataset, got {type(dataset).__name__}")
         if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
+        if read_size < 1:
+            raise ValueError(f"read_size must be >= 1, got {read_size}")
         if world_size is not None and world_size > 1:
             from datasets.distributed import split_dataset_by_node
 
             dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
         self.dataset = dataset
+        self.read_size = read_size
         self._epoch = -1
         self._num_yielded = 0
         self._it = None
+        self._rows: list[dict] = []
+        self._offset = 0
+        self._read_state: dict | None = None  # the dataset's state where the current read began
 
     def reset(self, initial_state: dict | None = None):
         super().reset(initial_state)
+        self._rows, self._offset = [], 0
         if initial_state is None:
             self._epoch += 1
             self._num_yielded = 0
             self.dataset.set_epoch(self._epoch)
-            # A fresh epoch starts at the first example, whatever position the dataset object
-            # carries: its state_dict() is that of its latest iterator, so a stream the user had
-            # peeked at (next(iter(ds))) would otherwise lose those examples in this epoch.
-            # No starting state (None) is how `datasets` itself begins a stream.
-            self.dataset.load_state_dict(None)
-        else:
-            try:
-                self._epoch = int(initial_state[self.EPOCH_KEY])
-                self._num_yielded = int(initial_state[self.NUM_YIELDED_KEY])
-                self.dataset.set_epoch(self._epoch)
-                self.dataset.load_state_dict(copy.deepcopy(initial_state[self.DATASET_KEY]))
-            except (KeyError, TypeError) as error:
-                raise StateDictError(f"not a state of IterableDatasetSource: {error}") from error
-        self._it = iter(self.dataset)
+            # The dataset object keeps the position of its latest iterator (its state_dict());
+            # no starting state (None) is how `datasets` itself begins a stream.
+            self._start(None)
+            return
+        try:
+            epoch = int(initial_state[self.EPOCH_KEY])
+            num_yielded = int(initial_state[self.NUM_YIELDED_KEY])
+            offset = initial_state[self.OFFSET_KEY]
+            read_size = initial_state[self.READ_SIZE_KEY]
+            dataset_state = initial_state[self.DATASET_KEY]
+        except (KeyError, TypeError, ValueError) as error:
+            raise StateDictError(f"not a state of IterableDatasetSource: {error!r}") from error
+        if read_size != self.read_size:
+            raise StateDictError(f"IterableDatasetSource state saved with read_size={read_size}, "
+                                 f"this source reads {self.read_size}")
+        if type(offset) is not int or not 0 <= offset <= self.read_size:
+            raise StateDictError(f"IterableDatasetSource state: offset must be an int in [0, {self.read_size}], "
+                                 f"got {offset!r}")
+        self._epoch, self._num_yielded = epoch, num_yielded
+        self.dataset.set_epoch(epoch)
+        self._start(copy.deepcopy(dataset_state))
+        if offset:
+            self._read()
+            if offset > len(self._rows):
+                raise StateDictError(f"IterableDatasetSource state: offset {offset} beyond the re-read "
+                                     f"{len(self._rows)} rows")
+            self._offset = offset
+
+    def _start(self, dataset_state: dict | None) -> None:
+        self.dataset.load_state_dict(dataset_state)
+        self._read_state = dataset_state
+        self._it = iter(self.dataset.iter(batch_size=self.read_size))
+
+    def _read(self) -> None:
+        """The next ``read_size`` rows; ``_read_state`` is the dataset's state before them."""
+        if self._rows:  # the previous read is done: the live iterator's state is where this one begins
+            self._read_state = copy.deepcopy(self.dataset.state_dict())
+        self._rows, self._offset = _columns_to_rows(next(self._it)), 0  # type: ignore[arg-type]
 
     def next(self) -> dict:
-        item = next(self._it)  # type: ignore[arg-type]
+        if self._offset >= len(self._rows):
+            self._read()
+        row = self._rows[self._offset]
+        self._offset += 1
         self._num_yielded += 1
-        return item
+        return row
 
     def get_state(self) -> dict:
+        if self._rows and self._offset >= len(self._rows):  # between reads: start the next one afresh
+            state, offset = copy.deepcopy(self.dataset.state_dict()), 0
+        else:
+            state, offset = copy.deepcopy(self._read_state), self._offset
         return {
             self.EPOCH_KEY: self._epoch,
             self.NUM_YIELDED_KEY: self._num_yielded,
-            self.DATASET_KEY: copy.deepcopy(self.dataset.state_dict()),
+            self.DATASET_KEY: state,
+            self.OFFSET_KEY: offset,
+            self.READ_SIZE_KEY: self.read_size,
         }
 
 
