@@ -2,6 +2,7 @@
 
     python benchmarks/bench_loading.py throughput   # IMDB train, ours vs the usual HF DataLoader path
     python benchmarks/bench_loading.py workers      # fetch + collation in parallel workers vs 1 process
+    python benchmarks/bench_loading.py stream       # a stream read row by row vs IterableDatasetSource
     python benchmarks/bench_loading.py memory       # RSS over a generated stream of 5M examples
     python benchmarks/bench_loading.py memory --examples 200000   # a shorter stream
 
@@ -11,6 +12,11 @@ real (non-padding) tokens per second, median of 5 epochs each, timed round-robin
   and the same with ``LengthGroupedSampler`` (``group_by_length``);
 * ours: ``Pipe.from_hf(ds).bucket_batch(max_tokens=32 x mean length).pack()`` in one process, and
   with collation in 2 worker threads (``pack(num_workers=2)``, a ``ParallelMapper``).
+
+stream: 200,000 generated texts as an Arrow-backed ``IterableDataset`` (8 shards): rows read the
+way ``datasets`` iterates them (one formatted row per call, through torchdata's ``IterableWrapper``)
+against ``IterableDatasetSource`` (``read_size`` rows per call), alone and under tokenize -> bucket
+-> pack; median of 3 passes, round-robin.
 
 memory: ``datasets.IterableDataset.from_generator`` of random texts -> ``TokenizeNode`` ->
 ``BucketBatcher(buffer_size=20_000)`` -> ``Pack``, one epoch; prints the resident set size every
@@ -186,6 +192,68 @@ def workers() -> None:
     _report(rows)
 
 
+def _generated_texts(n, seed):
+    """Random texts over a 5,000-word vocabulary, lognormal lengths (median about 20 words)."""
+    words = [f"w{i}" for i in range(5000)]
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        length = int(min(400, rng.lognormal(3.0, 0.8) + 1))
+        yield {"text": " ".join(words[j] for j in rng.integers(0, 5000, length)), "label": int(i % 2)}
+
+
+def stream(num_examples: int, repeats: int = 3) -> None:
+    """A streaming ``IterableDataset`` (Arrow-backed, 8 shards) read row by row, as ``datasets``
+    iterates it, against ``IterableDatasetSource`` (``read_size`` rows per call); alone and
+    under tokenize -> bucket -> pack. Median of ``repeats`` passes, timed round-robin."""
+    import datasets
+    from torchdata.nodes import IterableWrapper
+
+    from seqbucket_plugin.datapipes import (
+        BucketBatcher,
+        IterableDatasetSource,
+        Pack,
+        TextTokenizer,
+        TokenizeNode,
+    )
+
+    datasets.disable_progress_bars()
+    tok = TextTokenizer.train((ex["text"] for ex in _generated_texts(20_000, 1)), kind="word")
+    ds = datasets.Dataset.from_list(list(_generated_texts(num_examples, 0))).to_iterable_dataset(num_shards=8)
+
+    def rows(make_source):
+        def run():
+            node = make_source()
+            node.reset(None)
+            return sum(1 for _ in node)
+        return run
+
+    def pipeline(make_source):
+        def run():
+            node = Pack(BucketBatcher(TokenizeNode(make_source(), tok, batch_size=1000), max_tokens=8192,
+                                      buffer_size=20_000), pad_id=tok.pad_id)
+            node.reset(None)
+            return sum(b.batch_size for b in node)
+        return run
+
+    cases = [("rows, datasets row by row (IterableWrapper(ds))", rows(lambda: IterableWrapper(ds))),
+             ("rows, IterableDatasetSource(ds) (read_size 1000)", rows(lambda: IterableDatasetSource(ds))),
+             ("tokenize -> bucket -> pack over IterableWrapper(ds)", pipeline(lambda: IterableWrapper(ds))),
+             ("tokenize -> bucket -> pack over IterableDatasetSource(ds)", pipeline(lambda: IterableDatasetSource(ds)))]
+    times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    for _ in range(repeats):
+        for name, run in cases:
+            start = time.perf_counter()
+            count = run()
+            times[name].append(time.perf_counter() - start)
+            assert count == num_examples, (name, count)
+    print(f"stream of {num_examples:,} generated examples, {repeats} passes each (median; range)")
+    for i, (name, _) in enumerate(cases):
+        t = statistics.median(times[name])
+        vs = "" if i % 2 == 0 else f"  {statistics.median(times[cases[i - 1][0]]) / t:4.2f}x the line above"
+        print(f"{name:58s} {t:6.2f} s  {num_examples / t:>10,.0f} examples/s  "
+              f"({min(times[name]):.2f}-{max(times[name]):.2f} s){vs}")
+
+
 def memory(num_examples: int) -> None:
     import datasets
     import psutil
@@ -198,17 +266,9 @@ def memory(num_examples: int) -> None:
         TokenizeNode,
     )
 
-    words = [f"w{i}" for i in range(5000)]
-
-    def generate(n, seed):
-        rng = np.random.default_rng(seed)
-        for i in range(n):
-            length = int(min(400, rng.lognormal(3.0, 0.8) + 1))
-            yield {"text": " ".join(words[j] for j in rng.integers(0, 5000, length)), "label": int(i % 2)}
-
-    tok = TextTokenizer.train((ex["text"] for ex in generate(20_000, 1)), kind="word")
-    stream = datasets.IterableDataset.from_generator(generate, gen_kwargs={"n": num_examples, "seed": 0})
-    node = Pack(BucketBatcher(TokenizeNode(IterableDatasetSource(stream), tok, batch_size=1000),
+    tok = TextTokenizer.train((ex["text"] for ex in _generated_texts(20_000, 1)), kind="word")
+    generated = datasets.IterableDataset.from_generator(_generated_texts, gen_kwargs={"n": num_examples, "seed": 0})
+    node = Pack(BucketBatcher(TokenizeNode(IterableDatasetSource(generated), tok, batch_size=1000),
                               max_tokens=8192, buffer_size=20_000), pad_id=tok.pad_id)
     process = psutil.Process()
     seen, checkpoints = 0, []
@@ -229,15 +289,18 @@ def memory(num_examples: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["throughput", "workers", "memory"])
-    parser.add_argument("--examples", type=int, default=5_000_000, help="stream length for 'memory'")
+    parser.add_argument("what", choices=["throughput", "workers", "stream", "memory"])
+    parser.add_argument("--examples", type=int, default=None,
+                        help="stream length (default: 5,000,000 for 'memory', 200,000 for 'stream')")
     args = parser.parse_args()
     if args.what == "throughput":
         throughput()
     elif args.what == "workers":
         workers()
+    elif args.what == "stream":
+        stream(args.examples or 200_000)
     else:
-        memory(args.examples)
+        memory(args.examples or 5_000_000)
 
 
 if __name__ == "__main__":
