@@ -134,3 +134,10 @@ def test_stream_source_refuses_states_it_cannot_resume():
         other.reset(row_by_row)
     with pytest.raises(StateDictError, match="offset"):
         node.reset({**state, "offset": 6})
+
+
+def test_stream_source_ranks_read_disjoint_parts_that_cover_the_stream():
+    stream = datasets.Dataset.from_list(EXAMPLES).to_iterable_dataset(num_shards=4)
+    seen = [[row["id"] for row in IterableDatasetSource(stream, rank=r, world_size=2, read_size=7)] for r in range(2)]
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == [e["id"] for e in EXAMPLES]

@@ -130,8 +130,14 @@ class IterableDatasetSource(BaseNode[dict]):
 
     State: the epoch, the dataset's own ``state_dict()`` at the start of the current read and the
     rows already yielded from it, so a restore re-reads at most one read of ``read_size`` rows
-    instead of replaying the stream (rows held in a ``datasets`` shuffle buffer are refilled, as
-    ``datasets`` documents). A state restores only into a source with the same ``read_size``.
+    instead of replaying the stream. A state restores only into a source with the same
+    ``read_size``. Restores are exact for streams without a ``datasets`` shuffle buffer. With
+    ``IterableDataset.shuffle`` they are not: ``datasets`` refills its buffer with new rows on
+    restore (the rows it held are not seen again that epoch, as ``datasets`` documents), so the
+    re-read differs from the first read and the rows skipped to reach the offset are lost too.
+    For exact mid-epoch resumes, leave the stream unshuffled and let
+    :class:`~seqbucket_plugin.datapipes.BucketBatcher` shuffle: a restore re-reads its chunk from
+    this source and re-plans it from its seed.
 
     Args:
         dataset: the streaming dataset.
