@@ -106,13 +106,9 @@ class FreshIterableWrapper(IterableWrapper):
     ``IterableWrapper`` fails the node contract by itself after a mid-epoch restore.
     """
 
-    def __init__(self, ds):
-        super().__init__(ds)
-        self._fresh = copy.deepcopy(ds.state_dict())
-
     def reset(self, initial_state=None):
         if initial_state is None:
-            self.iterable.load_state_dict(copy.deepcopy(self._fresh))
+            self.iterable.load_state_dict(None)  # no starting state: from the beginning
         super().reset(initial_state)
 
 
