@@ -25,19 +25,29 @@ DATA = ROOT.parent / "shared" / "data"
 UD = DATA / "ud_english_ewt"
 IMDB = DATA / "imdb"
 
+UD_BUCKET = ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file", f"{UD}/dev.conllu",
+             "--test-file", f"{UD}/test.conllu", "--tag-column", "upos", "--epochs", "15",
+             "--patience", "3", "--max-tokens", "2048", "--lr", "0.005", "--no-progress"]
+IMDB_FULL_BUCKET = ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
+                    "--test-file", f"{IMDB}/test.parquet", "--max-length", "0", "--embedding-dim", "128",
+                    "--hidden-size", "128", "--epochs", "2", "--max-tokens", "8192", "--lr", "0.002",
+                    "--no-progress"]
+
+
+def with_epochs(args: list[str], epochs: int) -> list[str]:
+    """``args`` with the value after ``--epochs`` replaced."""
+    i = args.index("--epochs")
+    return [*args[: i + 1], str(epochs), *args[i + 2 :]]
+
+
 RUNS = {
     "ud": [
-        ("ud_bucket", ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file", f"{UD}/dev.conllu",
-                       "--test-file", f"{UD}/test.conllu", "--tag-column", "upos", "--epochs", "15",
-                       "--patience", "3", "--max-tokens", "2048", "--lr", "0.005", "--no-progress"]),
+        ("ud_bucket", UD_BUCKET),
         ("ud_naive", ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file", f"{UD}/dev.conllu",
                       "--test-file", f"{UD}/test.conllu", "--tag-column", "upos", "--epochs", "15",
                       "--patience", "3", "--batching", "naive", "--batch-size", "32", "--no-progress"]),
         # bucketed epochs are 3.6x cheaper: the same command with up to 20 epochs (early stopping, patience 3)
-        ("ud_bucket_20ep", ["recipes/tagging.py", "--train-file", f"{UD}/train.conllu", "--dev-file",
-                            f"{UD}/dev.conllu", "--test-file", f"{UD}/test.conllu", "--tag-column", "upos",
-                            "--epochs", "20", "--patience", "3", "--max-tokens", "2048", "--lr", "0.005",
-                            "--no-progress"]),
+        ("ud_bucket_20ep", with_epochs(UD_BUCKET, 20)),
     ],
     "imdb": [
         ("imdb_bucket", ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
@@ -52,19 +62,13 @@ RUNS = {
     # whole reviews (up to 2,850 tokens): random batches of 32 are about 28% real tokens. Two epochs each,
     # because a naive epoch takes about 21 minutes here; the same seed, lr and epochs for both.
     "imdb-full": [
-        ("imdb_full_bucket", ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
-                              "--test-file", f"{IMDB}/test.parquet", "--max-length", "0", "--embedding-dim", "128",
-                              "--hidden-size", "128", "--epochs", "2", "--max-tokens", "8192", "--lr", "0.002",
-                              "--no-progress"]),
+        ("imdb_full_bucket", IMDB_FULL_BUCKET),
         ("imdb_full_naive", ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
                              "--test-file", f"{IMDB}/test.parquet", "--max-length", "0", "--embedding-dim", "128",
                              "--hidden-size", "128", "--epochs", "2", "--batching", "naive", "--batch-size", "32",
                              "--lr", "0.002", "--no-progress"]),
         # a third bucketed epoch still costs far less time than the two naive ones
-        ("imdb_full_bucket_3ep", ["recipes/text_classification.py", "--train-file", f"{IMDB}/train.parquet",
-                                  "--test-file", f"{IMDB}/test.parquet", "--max-length", "0", "--embedding-dim",
-                                  "128", "--hidden-size", "128", "--epochs", "3", "--max-tokens", "8192", "--lr",
-                                  "0.002", "--no-progress"]),
+        ("imdb_full_bucket_3ep", with_epochs(IMDB_FULL_BUCKET, 3)),
     ],
 }
 
