@@ -111,3 +111,32 @@ def test_heads_accept_every_registered_encoder():
         model = SequenceClassifier(V, 2, embedding_dim=5, hidden_size=4, encoder=name, pooling="mean")
         out = model(torch.randint(1, V, (3, 4)), [4, 2, 0], labels=torch.tensor([0, 1, 1]))
         out.loss.backward()
+
+
+@pytest.mark.parametrize("decoder,char_encoder", [("classifier", None), ("crf", "cnn"), ("softmax", "bilstm")])
+def test_every_head_parameter_can_learn(decoder, char_encoder):
+    """No parameter whose gradient is identically zero (such as a bias under a softmax's shift invariance)."""
+    torch.manual_seed(0)
+    if decoder == "classifier":
+        model = SequenceClassifier(V, 3, embedding_dim=8, hidden_size=6, pooling="last+mean+max+attention",
+                                   mlp_hidden=(8,), encoder_kwargs={"num_layers": 2})
+        batch = collate_packed(_examples([5, 3, 7, 1, 4, 6]))
+    else:
+        model = SequenceTagger(V, 3, embedding_dim=8, hidden_size=8, decoder=decoder, char_encoder=char_encoder,
+                               num_chars=12, encoder_kwargs={"num_layers": 2})
+        batch = collate_packed(_examples([5, 3, 7, 1, 4], token_labels=True, chars=True))
+    model(batch).loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 1e-8, name
+
+
+def test_attention_pooling_has_no_bias_and_old_state_dicts_load():
+    model = SequenceClassifier(V, 2, embedding_dim=8, hidden_size=6, pooling="attention")
+    state = model.state_dict()
+    assert "encoder.pooler.attention.weight" in state and "encoder.pooler.attention.bias" not in state
+    old = {**state, "encoder.pooler.attention.bias": torch.tensor([0.5])}
+    fresh = SequenceClassifier(V, 2, embedding_dim=8, hidden_size=6, pooling="attention")
+    with pytest.warns(UserWarning, match="attention.bias"):
+        fresh.load_state_dict(old)  # strict: the stale key is dropped, not reported as unexpected
+    ids = torch.randint(1, V, (3, 5))
+    torch.testing.assert_close(fresh.eval()(ids, [5, 2, 4]).logits, model.eval()(ids, [5, 2, 4]).logits)

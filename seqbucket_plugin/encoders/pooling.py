@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -32,7 +33,10 @@ class Pooler(nn.Module):
     * ``last``: the last state of each direction at its right position - the forward half at
       ``length - 1``, the backward half (for ``num_directions == 2``) at position 0;
     * ``mean`` / ``max``: over real tokens only;
-    * ``attention``: a learned scoring vector, softmax over real tokens only.
+    * ``attention``: a learned scoring vector, softmax over real tokens only. The scores have no
+      bias: a softmax is invariant to adding one constant to every score, so a bias would never
+      receive a gradient. State dicts saved with one (``attention.bias``) still load; the key is
+      dropped with a warning.
 
     The modes are concatenated in the order given. A zero-length row pools to zeros.
     """
@@ -44,7 +48,15 @@ class Pooler(nn.Module):
         self.size = size
         self.num_directions = num_directions
         self.modes = parse_pooling(pooling)
-        self.attention = nn.Linear(size, 1) if "attention" in self.modes else None
+        self.attention = nn.Linear(size, 1, bias=False) if "attention" in self.modes else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        stale = prefix + "attention.bias"
+        if stale in state_dict:
+            state_dict.pop(stale)
+            warnings.warn(f"dropped {stale!r} from the state dict: attention pooling has no bias "
+                          "(a softmax ignores it; it never learned)", stacklevel=2)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def output_size(self) -> int:
