@@ -36,7 +36,7 @@ import numpy as np
 import torch.distributed as dist
 from torchdata.nodes import BaseNode
 
-from seqbucket_plugin.datapipes.packing import ColumnarBatch
+from seqbucket_plugin.datapipes.packing import ColumnarBatch, ExampleBatch
 from seqbucket_plugin.errors import MissingColumnError, OversizeExampleError, StateDictError
 
 __all__ = ["BatchPlan", "BatchingStats", "BucketBatcher", "estimate_boundaries", "plan_batches"]
@@ -241,7 +241,11 @@ class BucketBatcher(BaseNode[list[dict]]):
             number of steps. Every rank must see the same source.
 
     Yields:
-        ``list[dict]``: the examples of a batch, in random order.
+        :class:`~.packing.ExampleBatch` (a ``list[dict]``): the examples of a batch, in the
+        plan's order (not the dataset's), with ``positions``: each example's dataset row (a
+        map-style source) or position in the stream (counted from 0 every epoch). Packed
+        batches carry them as ``PackedBatch.positions``; with ``shuffle=False`` batches still come
+        shortest first, so results are put back in dataset order by ``positions``.
     """
 
     EPOCH_KEY = "epoch"
@@ -435,18 +439,22 @@ class BucketBatcher(BaseNode[list[dict]]):
         for name in ("dropped_last", "skipped_oversize", "truncated_oversize", "padding_repeats"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(chunk_stats, name))
 
-    def _fetch(self, indices: np.ndarray) -> list[dict] | ColumnarBatch:
+    def _fetch(self, indices: np.ndarray) -> ExampleBatch | ColumnarBatch:
         limit = self._truncate_to
+        # map-style: the plan's indices are dataset rows; a stream: chunks hold buffer_size x world_size
+        # examples each (only the last one is shorter)
+        offset = 0 if self.indexed else self._chunk * self.buffer_size * self.world_size
+        positions = np.asarray(indices, dtype=np.int64) + offset
         if self.columnar:
             truncate_to = limit if self.oversize == "truncate" else None
-            return ColumnarBatch(self.source.take_table(indices), truncate_to=truncate_to)
+            return ColumnarBatch(self.source.take_table(indices), truncate_to=truncate_to, positions=positions)
         if self.indexed:
             examples = self.source.take(indices)
         else:
             examples = [self._items[i] for i in indices]
         if self.oversize == "truncate" and limit is not None:
             examples = [self._truncate(e, limit) if e[self.length_key] > limit else e for e in examples]
-        return examples
+        return ExampleBatch(examples, positions)
 
     def _truncate(self, example: dict, limit: int) -> dict:
         example = dict(example)
@@ -539,7 +547,7 @@ class BucketBatcher(BaseNode[list[dict]]):
             raise StateDictError(f"state 'source' must be the source's state dict, got {type(source_state).__name__}")
         return epoch, chunk, position, stats, boundaries, source_state
 
-    def next(self) -> list[dict]:
+    def next(self) -> ExampleBatch | ColumnarBatch:
         while self._position >= len(self._plan):
             if self.indexed or self._exhausted:
                 raise StopIteration

@@ -21,7 +21,8 @@ from torchdata.nodes import BaseNode
 
 from seqbucket_plugin.errors import DataFormatError, MissingColumnError
 
-__all__ = ["LABEL_PAD_ID", "Collate", "ColumnarBatch", "Pack", "PackedBatch", "collate_packed", "collate_table"]
+__all__ = ["LABEL_PAD_ID", "Collate", "ColumnarBatch", "ExampleBatch", "Pack", "PackedBatch", "collate_packed",
+           "collate_table"]
 
 LABEL_PAD_ID = -100
 """Padding value of token labels; ``torch.nn.CrossEntropyLoss`` ignores it by default."""
@@ -39,12 +40,20 @@ class PackedBatch:
         sorted_indices: ``(B,)`` int64 on the CPU; row ``i`` is example ``sorted_indices[i]`` of
             the list that was collated.
         unsorted_indices: ``(B,)`` int64 on the CPU; ``x[unsorted_indices]`` puts rows of any
-            per-row result ``x`` back in the caller's order.
+            per-row result ``x`` back in the order of the list that was collated: **the batch's own
+            order before the length sort, not the dataset's**. A :class:`BucketBatcher` hands
+            over its examples in a random (``shuffle=True``) or length order (``shuffle=False``,
+            shortest batch first), so use :attr:`positions` to map rows to dataset examples.
         labels: ``(B,)`` int64 sequence labels, ``(B, T)`` int64 token labels padded with
             ``-100``, or None.
         extras: other columns, sorted like the rows: numbers as ``(B,)`` tensors, anything else
             as lists.
         pad_id: the padding id used in ``input_ids``.
+        positions: ``(B,)`` int64 on the CPU, sorted like the rows: row ``i`` is example
+            ``positions[i]`` of the dataset (a map-style source: its row index; a stream: the
+            example's position in the stream as the source reads it, from 0 every epoch). Set
+            when the batch comes from a :class:`BucketBatcher` (or ``positions=`` was given to
+            the collate function); None otherwise.
     """
 
     input_ids: torch.Tensor
@@ -54,6 +63,7 @@ class PackedBatch:
     labels: torch.Tensor | None = None
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     pad_id: int = 0
+    positions: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -101,6 +111,7 @@ class PackedBatch:
             lengths=self.lengths.pin_memory(),
             sorted_indices=self.sorted_indices.pin_memory(),
             unsorted_indices=self.unsorted_indices.pin_memory(),
+            positions=None if self.positions is None else self.positions.pin_memory(),
         )
 
     def pack(self, embedded: torch.Tensor) -> PackedSequence:
@@ -117,7 +128,8 @@ class PackedBatch:
         )
 
     def restore_order(self, per_row: torch.Tensor) -> torch.Tensor:
-        """``per_row`` (first dimension ``B``, in this batch's order) in the caller's order."""
+        """``per_row`` (first dimension ``B``, in this batch's order) in the order of the collated
+        list (see ``unsorted_indices``; for dataset order use :attr:`positions`)."""
         return per_row.index_select(0, self.unsorted_indices.to(per_row.device, non_blocking=True))
 
 
@@ -130,13 +142,15 @@ def collate_packed(
     length_key: str = "length",
     label_keys: Sequence[str] = ("label", "labels"),
     label_pad_id: int = LABEL_PAD_ID,
+    positions: Sequence[int] | np.ndarray | None = None,
 ) -> PackedBatch:
     """Collate dict examples into a :class:`PackedBatch`.
 
     Each example needs ``input_key`` (a sequence of ints) and ``length_key`` (its length,
     computed once at tokenization and trusted here). A label under one of ``label_keys`` is an
     int (sequence label) or a sequence of ints as long as the input (token labels). Every other
-    key is carried in ``extras``.
+    key is carried in ``extras``. ``positions`` (one per example, default: ``examples.positions``
+    for an :class:`ExampleBatch`) become :attr:`PackedBatch.positions`, sorted like the rows.
 
     Raises:
         MissingColumnError: an example lacks ``input_key`` or ``length_key``.
@@ -196,6 +210,8 @@ def collate_packed(
     sorted_indices = torch.from_numpy(order.astype(np.int64))
     unsorted_indices = torch.empty_like(sorted_indices)
     unsorted_indices[sorted_indices] = torch.arange(size, dtype=torch.int64)
+    if positions is None:
+        positions = getattr(examples, "positions", None)
     return PackedBatch(
         input_ids=torch.from_numpy(input_ids),
         lengths=torch.from_numpy(sorted_lengths.copy()),
@@ -204,7 +220,27 @@ def collate_packed(
         labels=label_tensor,
         extras=extras,
         pad_id=pad_id,
+        positions=_sorted_positions(positions, order, size),
     )
+
+
+def _sorted_positions(positions: Any, order: np.ndarray, size: int) -> torch.Tensor | None:
+    if positions is None:
+        return None
+    positions = np.asarray(positions, dtype=np.int64)
+    if positions.shape != (size,):
+        raise ValueError(f"positions must hold one int per example ({size}), got shape {positions.shape}")
+    return torch.from_numpy(positions[order].copy())
+
+
+class ExampleBatch(list):
+    """The list of dict examples a :class:`BucketBatcher` yields, with ``positions``: each
+    example's dataset position (see :attr:`PackedBatch.positions`). Compares equal to a plain
+    list of the same examples."""
+
+    def __init__(self, examples: Sequence[dict] = (), positions: Sequence[int] | np.ndarray | None = None):
+        super().__init__(examples)
+        self.positions = None if positions is None else np.asarray(positions, dtype=np.int64)
 
 
 @dataclasses.dataclass
@@ -215,6 +251,8 @@ class ColumnarBatch:
 
     table: pa.Table
     truncate_to: int | None = None
+    positions: np.ndarray | None = None
+    """Each row's dataset position (see :attr:`PackedBatch.positions`), or None."""
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -238,12 +276,13 @@ def collate_table(
     label_keys: Sequence[str] = ("label", "labels"),
     label_pad_id: int = LABEL_PAD_ID,
     truncate_to: int | None = None,
+    positions: Sequence[int] | np.ndarray | None = None,
 ) -> PackedBatch:
     """:func:`collate_packed` for rows in a ``pyarrow.Table``, vectorised: the same
     :class:`PackedBatch` (same order, dtypes, padding, labels and extras) from list offsets and
     flat values with one numpy scatter per padded tensor. ``truncate_to`` keeps the first
     ``truncate_to`` tokens (and token labels) of longer rows, as the batcher's ``"truncate"``
-    oversize policy does.
+    oversize policy does. ``positions`` become :attr:`PackedBatch.positions` (sorted like the rows).
 
     Raises:
         MissingColumnError: the table lacks ``input_key`` or ``length_key``.
@@ -252,6 +291,7 @@ def collate_table(
     size = table.num_rows
     if size == 0:
         raise ValueError("cannot collate an empty list of examples")
+    dataset_positions = positions  # (the name is reused below for token positions)
     names = table.column_names
     for key in (input_key, length_key):
         if key not in names:
@@ -320,6 +360,7 @@ def collate_table(
         labels=label_tensor,
         extras=extras,
         pad_id=pad_id,
+        positions=_sorted_positions(dataset_positions, order, size),
     )
 
 
@@ -333,7 +374,8 @@ class Collate:
 
     def __call__(self, examples: list[dict] | ColumnarBatch) -> PackedBatch:
         if isinstance(examples, ColumnarBatch):
-            return collate_table(examples.table, truncate_to=examples.truncate_to, **self.collate_kwargs)
+            return collate_table(examples.table, truncate_to=examples.truncate_to, positions=examples.positions,
+                                 **self.collate_kwargs)
         return collate_packed(examples, **self.collate_kwargs)
 
 
