@@ -9,6 +9,7 @@ from seqbucket_plugin.errors import (
     NonFiniteLossError,
     OversizeExampleError,
     ResumeMismatchError,
+    RunDirectoryError,
     SeqBucketError,
     StateDictError,
     UnknownLabelError,
@@ -25,8 +26,19 @@ __all__ = [
     "NonFiniteLossError",
     "OversizeExampleError",
     "ResumeMismatchError",
+    "RunDirectoryError",
     "SeqBucketError",
     "StateDictError",
     "UnknownLabelError",
     "__version__",
+    "load_run",
 ]
+
+
+def __getattr__(name: str):
+    # imported on first use: ``import seqbucket_plugin`` stays light (no torch, datasets)
+    if name == "load_run":
+        from seqbucket_plugin.runs import load_run
+
+        return load_run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

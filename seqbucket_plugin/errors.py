@@ -77,3 +77,18 @@ class NonFiniteLossError(SeqBucketError, FloatingPointError):
 class BatchOutOfMemoryError(SeqBucketError, MemoryError):
     """A batch did not fit in the device's memory; the message names its shape and a
     ``--max-tokens`` that would fit."""
+
+
+class RunDirectoryError(SeqBucketError, ValueError):
+    """A trained run directory cannot be used: a file is missing, malformed or inconsistent with
+    the model (an unknown or wrongly typed ``config.json`` value, ``labels.json`` not a list of
+    unique strings of the model's output size, a tokenizer or character vocabulary that does not
+    match the embedding, weights of the wrong shape). ``path`` names the file and ``key`` the
+    entry (or None). Raised by :func:`seqbucket_plugin.load_run` before anything is written."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, key: str | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.key = key
+        where = "" if self.path is None else f"{self.path}: "
+        what = "" if key is None else f"{key!r}: "
+        super().__init__(f"{where}{what}{message}")

@@ -17,8 +17,10 @@ from seqbucket_plugin.datapipes.loaders import (
     load_classification_splits,
     load_conll_columns,
     load_conllu,
+    load_sentences,
     load_tagging,
     load_tagging_splits,
+    load_texts,
 )
 from seqbucket_plugin.datapipes.packing import (
     LABEL_PAD_ID,
@@ -69,8 +71,10 @@ __all__ = [
     "load_classification_splits",
     "load_conll_columns",
     "load_conllu",
+    "load_sentences",
     "load_tagging",
     "load_tagging_splits",
+    "load_texts",
     "plan_batches",
     "tokenize_dataset",
     "tokenize_report",

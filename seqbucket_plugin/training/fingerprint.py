@@ -26,7 +26,7 @@ __all__ = ["RESUMABLE_SETTINGS", "dataset_fingerprint", "fingerprint_differences
 # not compared at all: the content of the data is
 RESUMABLE_SETTINGS = frozenset({"epochs", "max_steps", "patience", "eval_every", "save_every", "device",
                                 "threads", "progress", "amp", "nonfinite", "nonfinite_patience"})
-IGNORED_SETTINGS = frozenset({"output_dir", "resume", "predict", "predictions", "config", "train_file",
+IGNORED_SETTINGS = frozenset({"output_dir", "resume", "overwrite", "predict", "predictions", "config", "train_file",
                               "dev_file", "test_file"})
 
 
