@@ -31,12 +31,12 @@ import datasets
 import numpy as np
 import torch
 
-from seqbucket_plugin.datapipes import Pipe, load_tagging_splits, tokenize_tagged_dataset
+from seqbucket_plugin.datapipes import Pipe, load_sentences, load_tagging_splits, tokenize_tagged_dataset
 from seqbucket_plugin.datapipes.tokenize import TextTokenizer
 from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceTagger
-from seqbucket_plugin.training import Trainer, resolve_device, write_tagging_data
-from seqbucket_plugin.training.checkpoint import load_checkpoint
+from seqbucket_plugin.runs import load_run
+from seqbucket_plugin.training import Trainer, write_tagging_data
 from seqbucket_plugin.training.cli import (
     RecipeError,
     checkpoint_to_resume,
@@ -277,50 +277,27 @@ def train(args, out: Path, ctx: DistContext) -> dict:
 
 # ------------------------------------------------------------------------------------------ predict
 def read_sentences(path: str) -> list[list[str]]:
-    """Sentences to tag: stdin or a file, one whitespace-tokenized sentence per line, or ``.jsonl``
-    lines with a ``tokens`` list."""
+    """Sentences to tag: stdin (one whitespace-tokenized sentence per line) or a file read by
+    ``load_sentences``: ``.conllu`` (the FORM column of each sentence), ``.jsonl`` (a ``tokens``
+    list per line) or plain text (one sentence per non-blank line)."""
     if path == "-":
-        lines = [line for line in sys.stdin if line.strip()]
-    elif not os.path.isfile(path):
+        return [line.split() for line in sys.stdin if line.strip()]
+    if not os.path.isfile(path):
         raise RecipeError(f"--predict: file not found: {path}")
-    else:
-        with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-    if path.endswith(".jsonl"):
-        try:
-            return [list(json.loads(line)["tokens"]) for line in lines]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise RecipeError(f"{path}: every line must be a JSON object with a 'tokens' list ({err})") from err
-    return [line.split() for line in lines]
+    return load_sentences(path)
 
 
 def predict(args, out: Path) -> dict:
-    """Tag sentences with the trained model in ``--output-dir``; writes JSON Lines."""
-    if not (out / "best_model.pt").is_file():
-        raise RecipeError(f"--predict needs a trained --output-dir; no best_model.pt in {out}")
-    trained = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    for key, value in trained.items():
-        if key not in ("output_dir", "device", "threads", "batch_size", "max_tokens"):
-            setattr(args, key, value)
-    device = resolve_device(args.device)
-    tokenizer, chars = TextTokenizer.load(out / "tokenizer"), CharVocab.load(out / "chars.json")
-    tag_names = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    """Tag sentences with the trained run in ``--output-dir`` (``seqbucket_plugin.load_run``); writes
+    JSON Lines with one tag per token (sentences longer than the run's ``--max-length`` are tagged in
+    windows). Only the run's model and tokenization settings are read from it."""
+    run = load_run(out, device=args.device, max_tokens=args.max_tokens, batch_size=args.batch_size)
     sentences = read_sentences(args.predict)
-    ds = datasets.Dataset.from_dict({"tokens": sentences, "tags": [[0] * len(s) for s in sentences],
-                                     "idx": list(range(len(sentences)))})
-    tokenized = tokenize(args, tokenizer, ds, keep=("tokens", "idx"))
-    model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id).to(device)
-    model.load_state_dict(load_checkpoint(out / "best_model.pt", map_location=device))
-    model.eval()
-    from seqbucket_plugin.training.tagging import predict_tags
-
-    loader = make_pipe(args, tokenized, tokenizer, chars, device, train=False).loader() if sentences else []
-    preds = predict_tags(model, loader, device)
+    preds = run.predict(sentences)
     sink = open(args.predictions, "w", encoding="utf-8") if args.predictions else sys.stdout
     try:
-        for i, words in enumerate(sentences):
-            tags = [tag_names[t] for t in preds[i]]
-            sink.write(json.dumps({"index": i, "tokens": words, "tags": tags}) + "\n")
+        for i, pred in enumerate(preds):
+            sink.write(json.dumps({"index": i, "tokens": pred["tokens"], "tags": pred["tags"]}) + "\n")
     finally:
         if sink is not sys.stdout:
             sink.close()

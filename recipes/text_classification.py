@@ -30,15 +30,20 @@ import datasets
 import numpy as np
 import torch
 
-from seqbucket_plugin.datapipes import Pipe, TextTokenizer, load_classification_splits, tokenize_dataset
+from seqbucket_plugin.datapipes import (
+    Pipe,
+    TextTokenizer,
+    load_classification_splits,
+    load_texts,
+    tokenize_dataset,
+)
 from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceClassifier
-from seqbucket_plugin.training import Trainer, resolve_device, write_classification_data
-from seqbucket_plugin.training.checkpoint import load_checkpoint
+from seqbucket_plugin.runs import load_run
+from seqbucket_plugin.training import Trainer, write_classification_data
 from seqbucket_plugin.training.classification import (
     classification_step,
     evaluate_classifier,
-    predict_classifier,
 )
 from seqbucket_plugin.training.cli import (
     RecipeError,
@@ -276,54 +281,29 @@ def train(args, out: Path, ctx: DistContext) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ predict
-def read_texts(path: str, text_column: str) -> list[str]:
-    """Texts to classify: stdin or a file with one text per line; ``.jsonl`` (field ``text_column``),
-    ``.csv``/``.tsv``/``.parquet`` (column ``text_column``)."""
+def read_texts(path: str, text_column: str, column_names: list[str] | None = None) -> list[str]:
+    """Texts to classify: stdin (one text per line) or a file read by the training loaders
+    (``.parquet``/``.csv``/``.tsv``/``.jsonl``: column ``text_column``; anything else: one text
+    per non-blank line)."""
     if path == "-":
         return [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not os.path.isfile(path):
         raise RecipeError(f"--predict: file not found: {path}")
-    suffix = Path(path).suffix.lower()
-    if suffix in (".csv", ".tsv", ".parquet"):
-        ds = (datasets.Dataset.from_parquet(path) if suffix == ".parquet"
-              else datasets.Dataset.from_csv(path, delimiter="\t" if suffix == ".tsv" else ","))
-        if text_column not in ds.column_names:
-            raise RecipeError(f"column {text_column!r} not found in {path}; available columns: {ds.column_names}")
-        return list(ds[text_column])
-    with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
-    if suffix == ".jsonl":
-        try:
-            return [json.loads(line)[text_column] for line in lines]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise RecipeError(f"{path}: every line must be a JSON object with {text_column!r} ({err})") from err
-    return lines
+    return load_texts(path, text_column=text_column, column_names=column_names)
 
 
 def predict(args, out: Path) -> dict:
-    """Classify texts with the trained model in ``--output-dir``; writes JSON Lines."""
-    if not (out / "best_model.pt").is_file():
-        raise RecipeError(f"--predict needs a trained --output-dir; no best_model.pt in {out}")
-    trained = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    for key, value in trained.items():  # the model and tokenization of the trained run
-        if key not in ("output_dir", "device", "threads", "batch_size", "max_tokens"):
-            setattr(args, key, value)
-    device = resolve_device(args.device)
-    tokenizer = TextTokenizer.load(out / "tokenizer")
-    label_names = json.loads((out / "labels.json").read_text(encoding="utf-8"))
-    texts = read_texts(args.predict, args.text_column)
-    ds = datasets.Dataset.from_dict({"text": texts, "idx": list(range(len(texts)))})
-    tokenized = tokenize(args, tokenizer, ds, keep=["idx"])
-    model = build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id).to(device)
-    model.load_state_dict(load_checkpoint(out / "best_model.pt", map_location=device))
-    model.eval()
-    loader = make_pipe(args, tokenized, tokenizer, device, train=False).loader() if texts else []
-    preds = predict_classifier(model, loader, device, naive=args.batching == "naive", tbptt_chunk=args.tbptt_chunk)
+    """Classify texts with the trained run in ``--output-dir`` (``seqbucket_plugin.load_run``);
+    writes JSON Lines. Only the run's model and tokenization settings are read from it."""
+    run = load_run(out, device=args.device, max_tokens=args.max_tokens, batch_size=args.batch_size)
+    texts = read_texts(args.predict, args.text_column, args.column_names.split(",") if args.column_names else None)
+    preds = run.predict(texts)
     sink = open(args.predictions, "w", encoding="utf-8") if args.predictions else sys.stdout
     try:
-        for i in range(len(texts)):
-            label, prob = preds[i]
-            sink.write(json.dumps({"index": i, "label": label_names[label], "probability": round(prob, 4)}) + "\n")
+        for i, pred in enumerate(preds):
+            sink.write(json.dumps({"index": i, "label": pred["label"], "probability": round(pred["probability"], 4),
+                                   "probabilities": {k: round(v, 4) for k, v in pred["probabilities"].items()}})
+                       + "\n")
     finally:
         if sink is not sys.stdout:
             sink.close()

@@ -107,6 +107,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--output-dir", help="where the config, tokenizer, labels, model, metrics and plots go")
     run.add_argument("--resume", action="store_true", default=None,
                      help="continue from the checkpoint in --output-dir")
+    run.add_argument("--overwrite", action="store_true", default=False,
+                     help="train from scratch into an --output-dir that holds a run, replacing it (without "
+                          "--resume or --overwrite such a directory is refused)")
     run.add_argument("--predict", metavar="FILE",
                      help="predict with the trained model in --output-dir ('-' reads stdin); no training")
     run.add_argument("--predictions", metavar="FILE", help="where --predict writes JSON Lines (default stdout)")
@@ -159,10 +162,37 @@ def checkpoint_to_resume(args: argparse.Namespace, output_dir: str | os.PathLike
     """True when ``--resume`` finds a checkpoint in ``output_dir``, after checking that it is
     intact; call it before writing anything there.
 
+    Without ``--resume``, a directory that holds a finished or interrupted run (``best_model.pt``,
+    ``checkpoint.pt`` or ``log.jsonl``) is refused unless ``--overwrite`` is given; then that run's
+    model, checkpoint, log and metrics are removed first (by rank 0), so nothing of it can mix with
+    the new run. ``--overwrite`` is consumed here (removed from ``args``): like ``--resume`` it is
+    about this invocation, so it is never saved in ``config.json`` or compared on a resume.
+
     Raises:
+        RecipeError: the directory holds a run and neither ``--resume`` nor ``--overwrite`` was
+            given, or both were (nothing is written or removed).
         CheckpointError: the checkpoint is empty, truncated or corrupt (the directory is untouched).
     """
-    path = os.path.join(os.fspath(output_dir), CHECKPOINT_FILE)
+    from seqbucket_plugin.training.engine import BEST_MODEL_FILE, LOG_FILE
+
+    overwrite = bool(vars(args).pop("overwrite", False))
+    directory = os.fspath(output_dir)
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    found = [name for name in (BEST_MODEL_FILE, CHECKPOINT_FILE, LOG_FILE)
+             if os.path.isfile(os.path.join(directory, name))]
+    if args.resume and overwrite:
+        raise RecipeError("give --resume (continue the run in --output-dir) or --overwrite (replace it), not both")
+    if found and not args.resume:
+        if not overwrite:
+            raise RecipeError(f"--output-dir {directory} already holds a run ({', '.join(found)}); add --resume to "
+                              "continue it or --overwrite to replace it")
+        if os.environ.get("RANK", "0") == "0":
+            for name in (*found, "metrics.json", "run_summary.json"):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:
+                    pass
+        return False
     if not (args.resume and os.path.isfile(path)):
         return False
     verify_checkpoint(path)
