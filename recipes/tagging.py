@@ -29,6 +29,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from seqbucket_plugin.datapipes import Pipe, load_sentences, load_tagging_splits, tokenize_tagged_dataset
@@ -37,8 +38,10 @@ from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceTagger
 from seqbucket_plugin.runs import load_run
 from seqbucket_plugin.training import Trainer, write_tagging_data
+from seqbucket_plugin.training.auto_settings import Chosen, choose_data_settings, choose_schedule_settings
 from seqbucket_plugin.training.cli import (
     RecipeError,
+    apply_chosen,
     checkpoint_to_resume,
     parse_args,
     run_main,
@@ -54,6 +57,7 @@ from seqbucket_plugin.training.distributed import (
     world_size_from_env,
 )
 from seqbucket_plugin.training.fingerprint import run_fingerprint
+from seqbucket_plugin.training.metrics import is_span_scheme
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 from seqbucket_plugin.training.tagging import (
     CharIds,
@@ -108,6 +112,14 @@ def load_data(args, out: Path) -> tuple[datasets.DatasetDict, list[str]]:
     return datasets.DatasetDict(splits), names
 
 
+def choose_settings(args, train: datasets.Dataset, tag_names: list[str]) -> Chosen:
+    """Settings chosen from the training sentences' lengths and tags (see auto_settings)."""
+    words = pc.list_value_length(train.with_format("arrow")["tokens"]).to_numpy(zero_copy_only=False)
+    chosen = choose_data_settings(vars(args), task="tagging", lengths=words, span_tags=is_span_scheme(tag_names))
+    apply_chosen(args, chosen)
+    return chosen
+
+
 def build_vocabularies(args, train: datasets.Dataset, out: Path) -> tuple[TextTokenizer, CharVocab]:
     """Step 2: word vocabulary (whole words) and character vocabulary from the training sentences."""
     if args.resume and (out / "tokenizer").is_dir() and (out / "chars.json").is_file():
@@ -130,7 +142,7 @@ def make_pipe(args, dataset, tokenizer, chars: CharVocab, device, *, train: bool
     if naive or args.batch_size:
         size = {"batch_size": args.batch_size or 32}
     else:
-        size = {"max_tokens": args.max_tokens, "oversize": "truncate"}
+        size = {"max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size, "oversize": "truncate"}
     shard = {} if train else {"rank": 0, "world_size": 1}  # evaluation: every rank sees every batch
     pipe = (Pipe.from_hf(dataset)
             .bucket_batch(**size, num_buckets=1 if naive else args.num_buckets, shuffle=train, seed=args.seed,
@@ -154,7 +166,8 @@ def use_chars(args) -> bool:
     return bool(args.char_encoder) and str(args.char_encoder).lower() != "none"
 
 
-def build_model(args, vocab_size: int, num_tags: int, num_chars: int, pad_id: int) -> SequenceTagger:
+def build_model(args, vocab_size: int, num_tags: int, num_chars: int, pad_id: int,
+                unk_id: int | None = None) -> SequenceTagger:
     """Step 4: word embedding (+ char CNN/BiLSTM) -> encoder -> per-token scores (softmax or CRF)."""
     if args.encoder not in list_encoders(include_aliases=True):
         raise RecipeError(f"--encoder {args.encoder!r} is not registered; choose from {list_encoders()}")
@@ -166,7 +179,8 @@ def build_model(args, vocab_size: int, num_tags: int, num_chars: int, pad_id: in
         vocab_size, num_tags, embedding_dim=args.embedding_dim, hidden_size=args.hidden_size, encoder=args.encoder,
         encoder_kwargs={"num_layers": args.num_layers, "dropout": args.dropout if args.num_layers > 1 else 0.0},
         char_encoder=args.char_encoder if use_chars(args) else None, num_chars=num_chars, char_kwargs=char_kwargs,
-        decoder=args.decoder, dropout=args.dropout, padding_idx=pad_id,
+        decoder=args.decoder, dropout=args.dropout, padding_idx=pad_id, word_dropout=args.word_dropout or 0.0,
+        unk_idx=unk_id,
     )
 
 
@@ -192,16 +206,16 @@ def prepare(args, out: Path, recorder: DebugRecorder, vocabularies: tuple | None
     splits, tag_names = load_data(args, out)                                            # 1. data
     if recorder.wants_ids:
         splits["train"] = splits["train"].add_column("idx", list(range(len(splits["train"]))))
+    chosen = choose_settings(args, splits["train"], tag_names)                         # 2. settings
     if vocabularies is None:
-        tokenizer, chars = build_vocabularies(args, splits["train"], out)               # 2. vocabularies
+        tokenizer, chars = build_vocabularies(args, splits["train"], out)               # 3. vocabularies
         if not args.resuming:  # a resume keeps the files of its run (the fingerprint check comes first)
             (out / "labels.json").write_text(json.dumps(tag_names) + "\n", encoding="utf-8")
-            save_config(run_options(args), out)
     else:
         tokenizer, chars = vocabularies
     tokenized = {name: tokenize(args, tokenizer, split, keep=("tokens", "idx") if name == "train" and
                                 recorder.wants_ids else ("tokens",)) for name, split in splits.items()}
-    return splits, tag_names, tokenizer, chars, tokenized
+    return splits, tag_names, tokenizer, chars, tokenized, chosen
 
 
 def train(args, out: Path, ctx: DistContext) -> dict:
@@ -216,19 +230,27 @@ def train(args, out: Path, ctx: DistContext) -> dict:
 
     # rank 0 first (it writes generated data, vocabularies, config); then the others read them
     if ctx.is_main:
-        splits, tag_names, tokenizer, chars, tokenized = prepare(args, out, recorder)
+        splits, tag_names, tokenizer, chars, tokenized, chosen = prepare(args, out, recorder)
     args.train_file, args.dev_file, args.test_file = ctx.broadcast_object(
         (args.train_file, args.dev_file, args.test_file))
     if not ctx.is_main:
         vocabularies = TextTokenizer.load(out / "tokenizer"), CharVocab.load(out / "chars.json")
-        splits, tag_names, tokenizer, chars, tokenized = prepare(args, out, recorder, vocabularies)
+        splits, tag_names, tokenizer, chars, tokenized, chosen = prepare(args, out, recorder, vocabularies)
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, chars, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, chars, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
-    model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id)  # 4. model
+    chosen.update(choose_schedule_settings(vars(args), num_examples=len(tokenized["train"]),
+                                           batches_per_epoch=train_pipe.batcher.num_batches(0),
+                                           world_size=ctx.world_size))
+    apply_chosen(args, chosen)
+    print("settings chosen from the training data (an option given explicitly wins):\n" + chosen.summary())
+    if ctx.is_main and not args.resuming:
+        save_config(run_options(args), out, chosen.reasons)
+    model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id,  # 4. model
+                        tokenizer.unk_id)
     naive = args.batching == "naive"
 
-    config = train_config(args, metric="accuracy")
+    config = train_config(args)
     trainer = Trainer(                                                                   # 5. train
         model, train_pipe.loader(), None,
         lambda m: evaluate_tagger(m, eval_loaders["dev"], device, tag_names, naive=naive, dist=ctx),
@@ -245,7 +267,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
           + (" per process" if ctx.enabled else ""))
     history = trainer.fit(resume=args.resume)
     if args.resuming and ctx.is_main:
-        save_config(run_options(args), out)
+        save_config(run_options(args), out, chosen.reasons)
     final_hash = parameters_sha256(model) if recorder.wants_ids else ""
 
     ctx.barrier()  # rank 0 has written best_model.pt
@@ -269,7 +291,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print("metrics: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
-    plot_training_curves(history, "accuracy", out / "training_curves.png")              # 7. pictures
+    plot_training_curves(history, args.metric, out / "training_curves.png")              # 7. pictures
     plot_lengths(np.asarray(tokenized["train"]["length"]), train_pipe.batcher.boundaries,
                  summary["padding_efficiency"], out / "lengths.png")
     return metrics

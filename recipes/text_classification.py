@@ -41,12 +41,14 @@ from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceClassifier
 from seqbucket_plugin.runs import load_run
 from seqbucket_plugin.training import Trainer, write_classification_data
+from seqbucket_plugin.training.auto_settings import Chosen, choose_data_settings, choose_schedule_settings
 from seqbucket_plugin.training.classification import (
     classification_step,
     evaluate_classifier,
 )
 from seqbucket_plugin.training.cli import (
     RecipeError,
+    apply_chosen,
     checkpoint_to_resume,
     parse_args,
     run_main,
@@ -127,14 +129,24 @@ def load_data(args, out: Path) -> tuple[datasets.DatasetDict, list[str]]:
     return datasets.DatasetDict({k: v for k, v in splits.items() if v is not None}), names
 
 
-def build_tokenizer(args, train: datasets.Dataset, out: Path) -> TextTokenizer:
-    """Step 2: a word-level tokenizer trained on the training texts (reloaded when resuming)."""
+def build_tokenizer(args, train: datasets.Dataset, out: Path, names: list[str]) -> tuple[TextTokenizer, Chosen]:
+    """Step 2: a word-level tokenizer trained on the training texts (reloaded when resuming), and
+    the settings chosen from the training lengths and labels (truncation, vocabulary, batches,
+    metric). Word-level lengths do not depend on the vocabulary, so one tokenizer measures them."""
     folder = out / "tokenizer"
-    if args.resume and folder.is_dir():
-        return TextTokenizer.load(folder)
-    tokenizer = TextTokenizer.train(train, kind="word", vocab_size=args.vocab_size, min_frequency=args.min_frequency)
-    tokenizer.save(folder)
-    return tokenizer
+    resumed = args.resume and folder.is_dir()
+    tokenizer = TextTokenizer.load(folder) if resumed else TextTokenizer.train(
+        train, kind="word", vocab_size=args.vocab_size, min_frequency=args.min_frequency or 1)
+    lengths = tokenize_dataset(train, tokenizer, label_column=None).with_format("numpy")["length"]
+    chosen = choose_data_settings(vars(args), task="classification", lengths=lengths,
+                                  label_counts=np.bincount(np.asarray(train["label"]), minlength=len(names)))
+    apply_chosen(args, chosen)
+    if not resumed:
+        if args.min_frequency != 1:
+            tokenizer = TextTokenizer.train(train, kind="word", vocab_size=args.vocab_size,
+                                            min_frequency=args.min_frequency)
+        tokenizer.save(folder)
+    return tokenizer, chosen
 
 
 def tokenize(args, tokenizer: TextTokenizer, split: datasets.Dataset, keep=()) -> datasets.Dataset:
@@ -150,7 +162,7 @@ def batching(args, *, train: bool) -> dict:
     if naive or args.batch_size:
         size = {"batch_size": args.batch_size or 32}
     else:
-        size = {"max_tokens": args.max_tokens, "oversize": "truncate"}
+        size = {"max_tokens": args.max_tokens, "max_batch_size": args.max_batch_size, "oversize": "truncate"}
     shard = {} if train else {"rank": 0, "world_size": 1}  # evaluation: every rank sees every batch
     return {**size, "num_buckets": 1 if naive else args.num_buckets, "shuffle": train, "seed": args.seed,
             "longest_first": train and args.longest_first, **shard}
@@ -164,14 +176,15 @@ def make_pipe(args, dataset: datasets.Dataset, tokenizer: TextTokenizer, device:
     return pipe
 
 
-def build_model(args, vocab_size: int, num_classes: int, pad_id: int) -> SequenceClassifier:
+def build_model(args, vocab_size: int, num_classes: int, pad_id: int, unk_id: int | None = None) -> SequenceClassifier:
     """Step 4: embedding -> encoder -> pooling -> MLP."""
     if args.encoder not in list_encoders(include_aliases=True):
         raise RecipeError(f"--encoder {args.encoder!r} is not registered; choose from {list_encoders()}")
     return SequenceClassifier(
         vocab_size, num_classes, embedding_dim=args.embedding_dim, hidden_size=args.hidden_size,
         encoder=args.encoder, pooling=args.pooling, dropout=args.dropout, padding_idx=pad_id,
-        encoder_kwargs={"num_layers": args.num_layers, "input_dropout": args.dropout,
+        word_dropout=args.word_dropout or 0.0, unk_idx=unk_id,
+        encoder_kwargs={"num_layers": args.num_layers, "input_dropout": args.embedding_dropout,
                         "dropout": args.dropout if args.num_layers > 1 else 0.0},
     )
 
@@ -199,13 +212,17 @@ def prepare(args, out: Path, recorder: DebugRecorder, tokenizer: TextTokenizer |
     if recorder.wants_ids:
         splits["train"] = splits["train"].add_column("idx", list(range(len(splits["train"]))))
     if tokenizer is None:
-        tokenizer = build_tokenizer(args, splits["train"], out)                      # 2. tokenizer
+        tokenizer, chosen = build_tokenizer(args, splits["train"], out, label_names)  # 2. tokenizer, settings
         if not args.resuming:  # a resume keeps the files of its run (the fingerprint check comes first)
             (out / "labels.json").write_text(json.dumps(label_names) + "\n", encoding="utf-8")
-            save_config(run_options(args), out)
+    else:
+        lengths = tokenize_dataset(splits["train"], tokenizer, label_column=None).with_format("numpy")["length"]
+        chosen = choose_data_settings(vars(args), task="classification", lengths=lengths, label_counts=np.bincount(
+            np.asarray(splits["train"]["label"]), minlength=len(label_names)))
+        apply_chosen(args, chosen)
     tokenized = {name: tokenize(args, tokenizer, split, keep=("idx",) if name == "train" and recorder.wants_ids
                                 else ()) for name, split in splits.items()}
-    return splits, label_names, tokenizer, tokenized
+    return splits, label_names, tokenizer, tokenized, chosen
 
 
 def train(args, out: Path, ctx: DistContext) -> dict:
@@ -220,18 +237,27 @@ def train(args, out: Path, ctx: DistContext) -> dict:
 
     # rank 0 first (it writes generated data, tokenizer, config); then the others read them
     if ctx.is_main:
-        splits, label_names, tokenizer, tokenized = prepare(args, out, recorder)
+        splits, label_names, tokenizer, tokenized, chosen = prepare(args, out, recorder)
     args.train_file, args.dev_file, args.test_file = ctx.broadcast_object(
         (args.train_file, args.dev_file, args.test_file))
     if not ctx.is_main:
-        splits, label_names, tokenizer, tokenized = prepare(args, out, recorder, TextTokenizer.load(out / "tokenizer"))
+        splits, label_names, tokenizer, tokenized, chosen = prepare(args, out, recorder,
+                                                                    TextTokenizer.load(out / "tokenizer"))
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
-    model = build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id)  # 4. model
+    chosen.update(choose_schedule_settings(vars(args), num_examples=len(tokenized["train"]),
+                                           batches_per_epoch=train_pipe.batcher.num_batches(0),
+                                           world_size=ctx.world_size))
+    apply_chosen(args, chosen)
+    print("settings chosen from the training data (an option given explicitly wins):\n" + chosen.summary())
+    if ctx.is_main and not args.resuming:
+        save_config(run_options(args), out, chosen.reasons)
+    model = build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id,  # 4. model
+                        tokenizer.unk_id)
     naive = args.batching == "naive"
 
-    config = train_config(args, metric="accuracy")
+    config = train_config(args)
     trainer = Trainer(                                                                # 5. train
         model, train_pipe.loader(), None,
         lambda m: evaluate_classifier(m, eval_loaders["dev"], device, naive=naive, tbptt_chunk=args.tbptt_chunk,
@@ -249,7 +275,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
           + (" per process" if ctx.enabled else ""))
     history = trainer.fit(resume=args.resume)
     if args.resuming and ctx.is_main:
-        save_config(run_options(args), out)
+        save_config(run_options(args), out, chosen.reasons)
     final_hash = parameters_sha256(model) if recorder.wants_ids else ""
 
     ctx.barrier()  # rank 0 has written best_model.pt
@@ -274,7 +300,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print("metrics: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
 
-    plot_training_curves(history, "accuracy", out / "training_curves.png")           # 7. pictures
+    plot_training_curves(history, args.metric, out / "training_curves.png")           # 7. pictures
     plot_lengths(np.asarray(tokenized["train"]["length"]), train_pipe.batcher.boundaries,
                  summary["padding_efficiency"], out / "lengths.png")
     return metrics

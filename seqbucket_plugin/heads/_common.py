@@ -41,3 +41,20 @@ def resolve_token_inputs(
         else:
             mask = ids != padding_idx
     return ids, resolve_lengths(lengths, mask, B, T), labels, extras
+
+
+def word_dropout(ids: torch.Tensor, p: float, unk_idx: int | None, padding_idx: int | None,
+                 training: bool) -> torch.Tensor:
+    """Training only: each real token id becomes ``unk_idx`` with probability ``p``.
+
+    The unknown-word vector then learns from words the model knows, so rare and unseen words at
+    test time get a useful vector, and the model relies less on any single word. ``ids`` (B, T)
+    stays on its device; padding is never replaced. A no-op when ``p`` is 0, not training, or
+    there is no unknown id.
+    """
+    if not training or p <= 0 or unk_idx is None or ids.numel() == 0:
+        return ids
+    drop = torch.rand(ids.shape, device=ids.device) < p
+    if padding_idx is not None:
+        drop &= ids != padding_idx
+    return ids.masked_fill(drop, unk_idx)

@@ -11,7 +11,7 @@ from torch import nn
 
 from seqbucket_plugin.encoders.base import EncoderOutput
 from seqbucket_plugin.encoders.registry import create_encoder
-from seqbucket_plugin.heads._common import resolve_token_inputs
+from seqbucket_plugin.heads._common import resolve_token_inputs, word_dropout
 
 
 class ClassifierOutput(NamedTuple):
@@ -39,6 +39,8 @@ class SequenceClassifier(nn.Module):
         mlp_hidden: hidden layer sizes of the MLP on the pooled vector.
         dropout: dropout before each MLP layer.
         padding_idx: the padding id (lengths are derived from it when not given).
+        word_dropout: training only, the probability that a token id is replaced by ``unk_idx``.
+        unk_idx: the unknown-word id (``word_dropout`` needs it).
         embedding: an embedding module to use instead of a fresh ``nn.Embedding``.
 
     ``forward(batch)`` takes a PackedBatch (its ``labels`` give the loss), or
@@ -59,9 +61,12 @@ class SequenceClassifier(nn.Module):
         dropout: float = 0.0,
         padding_idx: int | None = 0,
         embedding: nn.Module | None = None,
+        word_dropout: float = 0.0,
+        unk_idx: int | None = None,
     ):
         super().__init__()
         self.padding_idx = padding_idx
+        self.word_dropout, self.unk_idx = float(word_dropout), unk_idx
         self.embedding = embedding if embedding is not None else nn.Embedding(
             vocab_size, embedding_dim, padding_idx=padding_idx
         )
@@ -82,6 +87,7 @@ class SequenceClassifier(nn.Module):
     def forward(self, inputs: Any, lengths: Any = None, *, labels: torch.Tensor | None = None,
                 strategy: str | None = None) -> ClassifierOutput:
         ids, lengths, labels, _ = resolve_token_inputs(inputs, lengths, labels, self.padding_idx)
+        ids = word_dropout(ids, self.word_dropout, self.unk_idx, self.padding_idx, self.training)
         enc = self.encoder(self.embedding(ids), lengths, strategy=strategy)
         logits = self.mlp(enc.pooled)
         loss = None

@@ -12,7 +12,7 @@ from seqbucket_plugin.encoders.base import EncoderOutput
 from seqbucket_plugin.encoders.char import create_char_encoder
 from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.registry import create_encoder
-from seqbucket_plugin.heads._common import resolve_token_inputs
+from seqbucket_plugin.heads._common import resolve_token_inputs, word_dropout
 from seqbucket_plugin.heads.crf import CRF, IGNORE_INDEX
 
 CHAR_KEYS = ("char_ids", "chars")
@@ -55,6 +55,8 @@ class SequenceTagger(nn.Module):
         decoder: ``"crf"`` or ``"softmax"``.
         dropout: dropout on the word features and on the token states.
         padding_idx: padding id of the tokens.
+        word_dropout: training only, the probability that a word id is replaced by ``unk_idx``.
+        unk_idx: the unknown-word id (``word_dropout`` needs it).
 
     Character ids come from ``chars=`` or from a PackedBatch's ``extras["char_ids"]``
     (or ``extras["chars"]``). Labels are ``(B, T)`` padded with -100.
@@ -75,8 +77,11 @@ class SequenceTagger(nn.Module):
         decoder: str = "crf",
         dropout: float = 0.0,
         padding_idx: int | None = 0,
+        word_dropout: float = 0.0,
+        unk_idx: int | None = None,
     ):
         super().__init__()
+        self.word_dropout, self.unk_idx = float(word_dropout), unk_idx
         if decoder not in ("crf", "softmax"):
             raise EncoderInputError(f"decoder must be 'crf' or 'softmax', got {decoder!r}")
         self.padding_idx = padding_idx
@@ -97,7 +102,7 @@ class SequenceTagger(nn.Module):
 
     def _emissions(self, inputs, lengths, chars, labels, strategy):
         ids, lengths, labels, extras = resolve_token_inputs(inputs, lengths, labels, self.padding_idx)
-        feats = self.embedding(ids)
+        feats = self.embedding(word_dropout(ids, self.word_dropout, self.unk_idx, self.padding_idx, self.training))
         if self.char_encoder is not None:
             if chars is None:
                 chars = next((extras[k] for k in CHAR_KEYS if k in extras), None)

@@ -14,13 +14,18 @@ from seqbucket_plugin.errors import SeqBucketError
 from seqbucket_plugin.training.checkpoint import verify_checkpoint
 from seqbucket_plugin.training.engine import CHECKPOINT_FILE, TrainConfig
 
-__all__ = ["RecipeError", "add_common_arguments", "checkpoint_to_resume", "load_config", "parse_args", "run_main",
+__all__ = ["RecipeError", "add_common_arguments", "apply_chosen", "checkpoint_to_resume", "load_config", "parse_args", "run_main",
            "run_options", "save_config", "train_config"]
 
 CONFIG_FILE = "config.json"
 # options whose default is not in every config file
 BUILT_IN_DEFAULTS = {"amp": True, "progress": True, "resume": False, "grad_accum": 1, "nonfinite": "stop",
                      "nonfinite_patience": 10, "longest_first": False}
+
+
+# options that a config value of null leaves to seqbucket_plugin.training.auto_settings
+AUTO_OPTIONS = frozenset({"max_length", "min_frequency", "max_tokens", "max_batch_size", "metric", "epochs", "lr",
+                          "warmup_ratio", "eval_every", "patience", "decoder"})
 
 
 class RecipeError(SeqBucketError):
@@ -45,8 +50,14 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in config.items() if not k.startswith("_")}
 
 
-def save_config(config: dict[str, Any], output_dir: str | os.PathLike) -> str:
-    """Write the effective config as ``config.json`` in ``output_dir``; returns its path."""
+def save_config(config: dict[str, Any], output_dir: str | os.PathLike,
+                chosen: dict[str, str] | None = None) -> str:
+    """Write the effective config as ``config.json`` in ``output_dir``; returns its path.
+
+    ``chosen``: why each setting chosen from the data has its value, saved under ``_chosen``
+    (a key :func:`load_config` skips, so the file still works as a ``--config``)."""
+    if chosen:
+        config = {**config, "_chosen": dict(chosen)}
     path = os.path.join(os.fspath(output_dir), CONFIG_FILE)
     os.makedirs(os.fspath(output_dir), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -66,6 +77,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     batching = parser.add_argument_group("batching")
     batching.add_argument("--max-tokens", type=int, help="token budget per batch, padding included")
     batching.add_argument("--batch-size", type=int, help="fixed rows per batch (instead of --max-tokens)")
+    batching.add_argument("--max-batch-size", type=int, help="at most this many rows per --max-tokens batch")
     batching.add_argument("--longest-first", action="store_true", default=None,
                           help="put each epoch's largest batch first, so an out-of-memory error shows at step 1")
     batching.add_argument("--batching", choices=["bucket", "naive"],
@@ -77,6 +89,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--hidden-size", type=int)
     model.add_argument("--num-layers", type=int)
     model.add_argument("--dropout", type=float)
+    model.add_argument("--embedding-dropout", type=float, help="dropout on the word vectors the encoder reads")
+    model.add_argument("--word-dropout", type=float,
+                       help="training only: probability that a word is replaced by the unknown word")
     model.add_argument("--vocab-size", type=int)
     model.add_argument("--min-frequency", type=int)
     train = parser.add_argument_group("training")
@@ -90,6 +105,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--warmup-ratio", type=float)
     train.add_argument("--clip-norm", type=float)
     train.add_argument("--patience", type=int, help="early stopping: evaluations without improvement (0: off)")
+    train.add_argument("--metric", help="dev metric that selects the best model and stops early (accuracy, "
+                                        "macro_f1; tagging: accuracy, f1)")
     train.add_argument("--eval-every", type=int, help="evaluate every N steps (0: at epoch ends only)")
     train.add_argument("--save-every", type=int, help="checkpoint every N steps (and at epoch ends)")
     train.add_argument("--seed", type=int)
@@ -115,6 +132,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--predictions", metavar="FILE", help="where --predict writes JSON Lines (default stdout)")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: from the training data)`` for the options chosen at start-up."""
+
+    def _get_help_string(self, action):
+        if action.dest in AUTO_OPTIONS and action.default is None:
+            return (action.help or "") + " (default: from the training data)"
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: Sequence[str] | None, description: str, default_config: str,
                add_task_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
     """Parse ``argv`` with defaults from ``--config`` (default ``default_config``).
@@ -127,8 +153,7 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
     pre.add_argument("--config", default=default_config)
     known, _ = pre.parse_known_args(argv)
     config = load_config(known.config)
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=_DefaultsFormatter)
     parser.add_argument("--config", default=default_config, help="JSON config with the defaults of every option")
     add_common_arguments(parser)
     add_task_arguments(parser)
@@ -149,13 +174,22 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k not in ("resume", "resuming", "predict", "predictions")}
 
 
-def train_config(args: argparse.Namespace, metric: str = "accuracy") -> TrainConfig:
-    """The :class:`~seqbucket_plugin.training.TrainConfig` of parsed recipe options."""
+def train_config(args: argparse.Namespace, metric: str | None = None) -> TrainConfig:
+    """The :class:`~seqbucket_plugin.training.TrainConfig` of parsed recipe options (after the
+    options chosen from the data are filled in); ``metric`` defaults to ``args.metric``."""
+    metric = metric or args.metric
     return TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
                        warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
                        eval_every=args.eval_every, save_every=args.save_every, metric=metric, amp=args.amp,
                        progress=args.progress, seed=args.seed, grad_accum=args.grad_accum,
                        nonfinite=args.nonfinite, nonfinite_patience=args.nonfinite_patience)
+
+
+def apply_chosen(args: argparse.Namespace, chosen: Any) -> None:
+    """Set the options chosen from the data (an :class:`~seqbucket_plugin.training.auto_settings.Chosen`)
+    on ``args``; options given explicitly were never chosen, so they are kept."""
+    for key, value in chosen.values.items():
+        setattr(args, key, value)
 
 
 def checkpoint_to_resume(args: argparse.Namespace, output_dir: str | os.PathLike) -> bool:

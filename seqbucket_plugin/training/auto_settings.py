@@ -1,0 +1,194 @@
+"""Training settings derived from the training data, so that one set of rules fits a 5k-question
+set and a 25k-review set alike.
+
+A recipe leaves an option ``None`` ("auto") unless the user set it (command line or ``--config``);
+:func:`choose_data_settings` (before the vocabulary and batching exist) and
+:func:`choose_schedule_settings` (once the batches per epoch are known) fill in every ``None``
+from the data and return, for each, the value and the reason. An explicit value is never changed.
+
+The rules (one place, no data-set names):
+
+* **Batches of about 32 rows**, whatever the text length: a token budget fixed in tokens gives
+  300+ rows of 10-word questions (a few hundred optimizer steps in a whole run) and a dozen rows of
+  long reviews. ``max_tokens`` = 32 x the mean (truncated) length, ``max_batch_size`` = 64 so the
+  short buckets of a wide length distribution stay near 32 rows too.
+* **A fixed amount of training, counted in examples**: about 128k examples seen (4,000 steps of 32
+  rows), at least 3 and at most 40 epochs; early stopping decides the rest.
+* **Evaluations often enough for small data**: about 20 per run, at most one epoch apart;
+  patience 5 evaluations.
+* **Learning rate with the batch size**: 2e-3 for 32 rows (AdamW), times sqrt(rows / 32) for
+  other batch sizes (rows per optimizer step over all processes and accumulated batches).
+* **Warm-up**: 5% of the steps, at most 250.
+* **Vocabulary**: words seen once are kept on small data (under 1M training tokens; word dropout
+  teaches the unknown-word vector) and dropped on larger data.
+* **Truncation**: none when every example fits in 512 tokens; otherwise (classification) the 99th
+  percentile of the lengths, at most 512 (the cost of a step grows with the longest row); tagging
+  keeps whole sentences up to 512 tokens.
+* **Decoder** (tagging): a CRF for span tags, a softmax otherwise.
+* **Selection metric**: span F1 for span tags (BIO/IOBES...), token accuracy otherwise;
+  accuracy for classification, macro-F1 when one class holds 60% or more of the training set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Chosen", "TARGET_ROWS", "choose_data_settings", "choose_schedule_settings"]
+
+TARGET_ROWS = 32
+MAX_ROWS = 64
+TARGET_EXAMPLES = 128_000
+MIN_EPOCHS, MAX_EPOCHS = 3, 40
+EVALS_PER_RUN = 20
+PATIENCE_EVALS = 5
+BASE_LR = 2e-3
+MAX_WARMUP_STEPS = 250
+SMALL_DATA_TOKENS = 1_000_000
+MAX_LENGTH_CAP = 512
+SKEWED_MAJORITY = 0.6
+
+
+@dataclass
+class Chosen:
+    """The settings filled in from the data: ``values[key]`` and ``reasons[key]`` (a sentence)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def set(self, key: str, value: Any, reason: str) -> None:
+        self.values[key] = value
+        self.reasons[key] = reason
+
+    def update(self, other: Chosen) -> None:
+        self.values.update(other.values)
+        self.reasons.update(other.reasons)
+
+    def summary(self) -> str:
+        """One line per chosen setting, for the start-up print."""
+        return "\n".join(f"  {k} = {self.values[k]}: {self.reasons[k]}" for k in self.values)
+
+
+def _round_up(x: float, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[int] | np.ndarray,
+                         num_tokens: int | None = None, label_counts: Sequence[int] | None = None,
+                         span_tags: bool = False) -> Chosen:
+    """Fill ``max_length``, ``min_frequency``, ``max_tokens``, ``max_batch_size``, ``metric`` and
+    (tagging) ``decoder``.
+
+    Args:
+        given: the options as parsed; a key whose value is ``None`` is chosen, any other is kept.
+        task: ``"classification"`` or ``"tagging"``.
+        lengths: untruncated lengths of the training examples (tokens or words).
+        num_tokens: training tokens (default: the sum of ``lengths``).
+        label_counts: examples per class (classification).
+        span_tags: the tags are a span scheme (tagging).
+
+    Raises:
+        ValueError: an unknown task or no training examples.
+    """
+    if task not in ("classification", "tagging"):
+        raise ValueError(f"task must be 'classification' or 'tagging', got {task!r}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size == 0:
+        raise ValueError("no training examples to choose settings from")
+    chosen = Chosen()
+    total = int(lengths.sum()) if num_tokens is None else int(num_tokens)
+
+    if given.get("max_length") is None:
+        longest = int(lengths.max())
+        if task == "classification" and longest > MAX_LENGTH_CAP:
+            p99 = int(np.percentile(lengths, 99))
+            value = min(MAX_LENGTH_CAP, max(8, _round_up(p99, 8)))
+            chosen.set("max_length", value, f"examples up to {longest} tokens: the 99th percentile ({p99}), "
+                                            f"at most {MAX_LENGTH_CAP}")
+        elif task == "classification":
+            chosen.set("max_length", max(8, _round_up(longest, 8)),
+                       f"every example fits in {MAX_LENGTH_CAP} tokens (the longest: {longest}): no truncation")
+        else:
+            value = min(MAX_LENGTH_CAP, max(8, _round_up(longest, 8)))
+            chosen.set("max_length", value, f"the longest training sentence ({longest} words), at most {MAX_LENGTH_CAP}")
+    max_length = given.get("max_length") or chosen.values.get("max_length") or int(lengths.max())
+
+    if given.get("min_frequency") is None:
+        if total < SMALL_DATA_TOKENS:
+            chosen.set("min_frequency", 1, f"{total:,} training tokens (< {SMALL_DATA_TOKENS:,}): keep every word")
+        else:
+            chosen.set("min_frequency", 2, f"{total:,} training tokens (>= {SMALL_DATA_TOKENS:,}): drop words seen once")
+
+    truncated = np.minimum(lengths, max_length) if max_length > 0 else lengths
+    mean = float(truncated.mean())
+    if given.get("max_tokens") is None and given.get("batch_size") is None:
+        value = max(256, _round_up(TARGET_ROWS * mean, 64))
+        chosen.set("max_tokens", value, f"about {TARGET_ROWS} rows of the mean length ({mean:.1f} tokens)")
+    if given.get("max_batch_size") is None and given.get("batch_size") is None:
+        chosen.set("max_batch_size", MAX_ROWS, f"short buckets stay near {TARGET_ROWS} rows (at most {MAX_ROWS})")
+
+    if task == "tagging" and given.get("decoder") is None:
+        if span_tags:
+            chosen.set("decoder", "crf", "span tags: a CRF scores whole tag sequences (no I- after O)")
+        else:
+            chosen.set("decoder", "softmax", "tags without spans: per-token softmax")
+    if given.get("metric") is None:
+        if task == "tagging":
+            if span_tags:
+                chosen.set("metric", "f1", "span tags (BIO/IOBES): span F1 (token accuracy rewards all-O)")
+            else:
+                chosen.set("metric", "accuracy", "tags without spans: token accuracy")
+        else:
+            counts = np.asarray(label_counts if label_counts is not None else [1], dtype=np.float64)
+            majority = float(counts.max() / counts.sum()) if counts.sum() else 0.0
+            if majority >= SKEWED_MAJORITY:
+                chosen.set("metric", "macro_f1", f"skewed classes (the largest holds {majority:.0%}): macro-F1")
+            else:
+                chosen.set("metric", "accuracy", f"balanced enough classes (the largest holds {majority:.0%}): accuracy")
+    return chosen
+
+
+def choose_schedule_settings(given: dict[str, Any], *, num_examples: int, batches_per_epoch: int,
+                             world_size: int = 1) -> Chosen:
+    """Fill ``epochs``, ``lr``, ``warmup_ratio``, ``eval_every`` and ``patience``.
+
+    Args:
+        given: the options after :func:`choose_data_settings` (``None`` = choose); uses
+            ``grad_accum`` and, when given, ``epochs``/``max_steps``.
+        num_examples: training examples (all processes together).
+        batches_per_epoch: batches per epoch of one process.
+        world_size: processes; one optimizer step covers ``world_size x grad_accum`` batches.
+    """
+    chosen = Chosen()
+    accum = max(1, int(given.get("grad_accum") or 1))
+    steps_per_epoch = max(1, -(-max(1, batches_per_epoch) // accum))
+    rows_per_step = num_examples / steps_per_epoch  # over every process and accumulated batch
+
+    if given.get("epochs") is None:
+        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_EXAMPLES / max(1, num_examples))))
+        chosen.set("epochs", epochs, f"about {TARGET_EXAMPLES:,} examples seen ({num_examples:,} per epoch), "
+                                     f"{MIN_EPOCHS}-{MAX_EPOCHS} epochs; early stopping decides the rest")
+    epochs = int(given.get("epochs") or chosen.values["epochs"])
+    total = steps_per_epoch * epochs
+    if given.get("max_steps"):
+        total = min(total, int(given["max_steps"]))
+
+    if given.get("lr") is None:
+        lr = float(f"{BASE_LR * math.sqrt(rows_per_step / TARGET_ROWS):.2g}")
+        chosen.set("lr", lr, f"{BASE_LR:g} for {TARGET_ROWS} rows, x sqrt(rows / {TARGET_ROWS}) "
+                             f"({rows_per_step:.0f} rows per optimizer step)")
+    if given.get("warmup_ratio") is None:
+        warmup = min(0.05 * total, MAX_WARMUP_STEPS)
+        chosen.set("warmup_ratio", round(warmup / max(1, total), 4),
+                   f"5% of the {total:,} steps, at most {MAX_WARMUP_STEPS} ({int(round(warmup))} steps)")
+    if given.get("eval_every") is None:
+        every = min(steps_per_epoch, max(25, total // EVALS_PER_RUN))
+        chosen.set("eval_every", every, f"about {EVALS_PER_RUN} evaluations in {total:,} steps, "
+                                        f"at most one epoch ({steps_per_epoch} steps) apart")
+    if given.get("patience") is None:
+        chosen.set("patience", PATIENCE_EVALS, f"stop after {PATIENCE_EVALS} evaluations without improvement")
+    return chosen
