@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 from conftest import load_recipe
 
 import seqbucket_plugin
@@ -286,3 +287,63 @@ def test_a_partial_run_is_protected_too(cls_run, tmp_path):
     args = ["--train-file", data["train"], "--dev-file", data["dev"], *SMALL, "--output-dir", str(run)]
     assert run_main(cls_recipe.main, args) == 2
     assert (run / "log.jsonl").read_text() == '{"step": 1}\n'
+
+
+# ------------------------------------------------------------------------------------------ export
+@pytest.fixture(scope="module")
+def variant_runs(tmp_path_factory):
+    """A 2-layer BiGRU classifier with attention+mean pooling, and a softmax tagger without characters."""
+    root = tmp_path_factory.mktemp("variants")
+    cls_data = write_classification_data(root / "cdata", n_train=80, n_dev=20, n_test=20)
+    tag_data = write_tagging_data(root / "tdata", n_train=60, n_dev=20, n_test=20)
+    cls_recipe.main(["--train-file", cls_data["train"], "--dev-file", cls_data["dev"], *SMALL, "--num-layers", "2",
+                     "--encoder", "bigru", "--pooling", "attention+mean", "--output-dir", str(root / "cls")])
+    tag_recipe.main(["--train-file", tag_data["train"], "--dev-file", tag_data["dev"], *SMALL, "--decoder", "softmax",
+                     "--char-encoder", "none", "--output-dir", str(root / "tag")])
+    return root / "cls", root / "tag"
+
+
+def _mixed_batch(run, lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    ids = torch.full((len(lengths), int(lengths.max())), run.tokenizer.pad_id, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, :n] = torch.randint(1, run.tokenizer.vocab_size, (n,), generator=g)
+    return ids, lengths
+
+
+@pytest.mark.parametrize("which", ["classifier", "tagger crf+chars", "bigru classifier", "softmax tagger"])
+def test_onnx_export_matches_eager(which, cls_run, tag_run, variant_runs, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = {"classifier": cls_run, "tagger crf+chars": tag_run, "bigru classifier": variant_runs[0],
+            "softmax tagger": variant_runs[1]}[which]
+    run = load_run(path)
+    if which == "bigru classifier":
+        assert run.config["encoder"] == "bigru" and run.config["num_layers"] == 2
+    if which == "softmax tagger":
+        assert run.model.crf is None and run.chars is None
+    file = run.export(tmp_path / "model.onnx")
+    meta = json.loads({p.key: p.value for p in __import__("onnx").load(file).metadata_props}["seqbucket_plugin"])
+    assert meta["labels"] == run.labels and meta["task"] == run.task
+    session = ort.InferenceSession(file)
+    # dynamic batch and length: shapes other than the traced (3, 5), rows of mixed lengths in any order
+    for lengths in ([3, 13, 9, 1, 9, 6], [1], [40, 2]):
+        ids, lens = _mixed_batch(run, lengths)
+        feed = {"input_ids": ids.numpy(), "lengths": lens.numpy()}
+        with torch.no_grad():
+            if run.task == "classification":
+                (probs,) = session.run(None, feed)
+                eager = run.model(ids, lens).logits.softmax(-1)
+                assert probs.shape == tuple(eager.shape) and abs(probs - eager.numpy()).max() <= 1e-5
+                continue
+            chars = None
+            if run.chars is not None:
+                chars = torch.randint(1, len(run.chars), (*ids.shape, 4))
+                chars[~(torch.arange(ids.shape[1]) < lens.unsqueeze(1))] = 0
+                feed["char_ids"] = chars.numpy()
+            emissions, tags = session.run(None, feed)
+            eager = run.model(ids, lens, chars=chars).emissions
+            mask = (torch.arange(ids.shape[1]) < lens.unsqueeze(1)).numpy()
+            assert abs(emissions - eager.numpy())[mask].max() <= 1e-5
+            assert (tags == run.model.decode(ids, lens, chars=chars).numpy()).all()
