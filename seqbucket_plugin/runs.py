@@ -415,7 +415,7 @@ class RunPredictor:
         raise NotImplementedError
 
     def export(self, path: str | os.PathLike, **kwargs: Any) -> str:
-        """Write the model as ONNX to ``path`` (see :mod:`seqbucket_plugin.runs` ``export_onnx``)."""
+        """Write the model as ONNX to ``path``; returns it (see :func:`seqbucket_plugin.export.export_onnx`)."""
         from seqbucket_plugin.export import export_onnx
 
         return export_onnx(self, path, **kwargs)
