@@ -198,7 +198,13 @@ BROKEN = {  # name: (edit, file named in the error, key named in the error)
                            "config.json", "encoder"),
     "config not an object": (_edit_json("config.json", lambda c: [c]), "config.json", None),
     "config not JSON": (lambda run: (run / "config.json").write_text("{nope", encoding="utf-8"), "config.json", None),
+    "config NaN": (lambda run: (run / "config.json").write_text(
+        (run / "config.json").read_text().replace('"head_fraction": 0.25', '"head_fraction": NaN')),
+        "config.json", "head_fraction"),
     "weights of another shape": (_set(hidden_size=32), "best_model.pt", "encoder.weight_ih_l0"),
+    "weights missing": (lambda run: (run / "best_model.pt").unlink(), "best_model.pt", None),
+    "tokenizer not JSON": (lambda run: (run / "tokenizer" / "tokenizer.json").write_text("{nope"), "tokenizer.json",
+                           None),
 }
 
 
