@@ -41,7 +41,7 @@ from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceClassifier
 from seqbucket_plugin.runs import load_run
 from seqbucket_plugin.training import Trainer, write_classification_data
-from seqbucket_plugin.training.auto_settings import Chosen, choose_data_settings, choose_schedule_settings
+from seqbucket_plugin.training.auto_settings import Chosen, choose_data_settings
 from seqbucket_plugin.training.classification import (
     classification_step,
     evaluate_classifier,
@@ -54,6 +54,7 @@ from seqbucket_plugin.training.cli import (
     run_main,
     run_options,
     save_config,
+    settle_settings,
     train_config,
 )
 from seqbucket_plugin.training.distributed import (
@@ -246,13 +247,8 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
-    chosen.update(choose_schedule_settings(vars(args), num_examples=len(tokenized["train"]),
-                                           batches_per_epoch=train_pipe.batcher.num_batches(0),
-                                           world_size=ctx.world_size))
-    apply_chosen(args, chosen)
-    print("settings chosen from the training data (an option given explicitly wins):\n" + chosen.summary())
-    if ctx.is_main and not args.resuming:
-        save_config(run_options(args), out, chosen.reasons)
+    settle_settings(args, chosen, out, num_examples=len(tokenized["train"]),  # the schedule; config.json
+                    batches_per_epoch=train_pipe.batcher.num_batches(0), ctx=ctx)
     model = build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id,  # 4. model
                         tokenizer.unk_id)
     naive = args.batching == "naive"

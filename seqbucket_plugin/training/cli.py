@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from seqbucket_plugin.errors import SeqBucketError
+from seqbucket_plugin.training.auto_settings import choose_schedule_settings
 from seqbucket_plugin.training.checkpoint import verify_checkpoint
 from seqbucket_plugin.training.engine import CHECKPOINT_FILE, TrainConfig
 
 __all__ = ["RecipeError", "add_common_arguments", "apply_chosen", "checkpoint_to_resume", "load_config", "parse_args", "run_main",
-           "run_options", "save_config", "train_config"]
+           "run_options", "save_config", "settle_settings", "train_config"]
 
 CONFIG_FILE = "config.json"
 # options whose default is not in every config file
@@ -190,6 +191,20 @@ def apply_chosen(args: argparse.Namespace, chosen: Any) -> None:
     on ``args``; options given explicitly were never chosen, so they are kept."""
     for key, value in chosen.values.items():
         setattr(args, key, value)
+
+
+def settle_settings(args: argparse.Namespace, chosen: Any, output_dir: str | os.PathLike, *, num_examples: int,
+                    batches_per_epoch: int, ctx: Any) -> None:
+    """Choose the schedule (epochs, lr, warm-up, evaluations, patience) now that the batches per
+    epoch are known, print every setting chosen from the data once, and write ``config.json``
+    with the reasons (rank 0, not when resuming: a resume keeps its run's files)."""
+    chosen.update(choose_schedule_settings(vars(args), num_examples=num_examples,
+                                           batches_per_epoch=batches_per_epoch, world_size=ctx.world_size))
+    apply_chosen(args, chosen)
+    if chosen.values:
+        print("settings chosen from the training data (an option given explicitly wins):\n" + chosen.summary())
+    if ctx.is_main and not args.resuming:
+        save_config(run_options(args), output_dir, chosen.reasons)
 
 
 def checkpoint_to_resume(args: argparse.Namespace, output_dir: str | os.PathLike) -> bool:
