@@ -83,3 +83,17 @@ def test_help_says_which_defaults_come_from_the_data(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--max-tokens MAX_TOKENS token budget per batch, padding included (default: from the training data)" in text
     assert "(default: None)" not in text.split("--max-length")[1].split("--max-tokens")[0]
+
+
+@pytest.mark.parametrize("key,value", [("predict", "-"), ("predictions", "elsewhere.jsonl"), ("overwrite", True),
+                                       ("resume", True)])
+def test_a_config_file_sets_options_never_actions(cls_data, tmp_path, capsys, key, value):
+    from seqbucket_plugin.training.cli import run_main
+
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({key: value}))
+    out = tmp_path / "run"
+    assert run_main(cls_recipe.main, ["--config", str(config), *_files(cls_data), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0]
+    assert not out.exists()

@@ -509,7 +509,8 @@ def _text_batches(texts: Any, text_column: str, batch_size: int) -> tuple[Iterat
     """Iterate ``texts`` as lists of strings without materialising a whole dataset column."""
     import datasets
 
-    if isinstance(texts, datasets.Column):
+    column_type = getattr(datasets, "Column", None)  # datasets >= 4: ds["text"] is a lazy Column
+    if column_type is not None and isinstance(texts, column_type):
         texts, text_column = texts.source, texts.column_name
         if not isinstance(texts, datasets.Dataset):  # nested column: plain iteration
             return _chunks(iter(datasets.Column(texts, text_column)), batch_size), None

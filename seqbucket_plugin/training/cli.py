@@ -24,6 +24,8 @@ BUILT_IN_DEFAULTS = {"amp": True, "progress": True, "resume": False, "grad_accum
                      "nonfinite_patience": 10, "longest_first": False}
 
 
+# what one invocation does, never saved in config.json nor read from a config file
+PER_INVOCATION = ("resume", "resuming", "overwrite", "predict", "predictions", "config")
 # options that a config value of null leaves to seqbucket_plugin.training.auto_settings
 AUTO_OPTIONS = frozenset({"max_length", "min_frequency", "max_tokens", "max_batch_size", "metric", "epochs", "lr",
                           "warmup_ratio", "eval_every", "patience", "decoder"})
@@ -162,6 +164,10 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
     unknown = sorted(set(config) - options)
     if unknown:
         raise RecipeError(f"{known.config}: unknown config keys {unknown}")
+    config.pop("config", None)  # saved by older runs; a config file never names another file
+    actions = sorted(set(config) & set(PER_INVOCATION))
+    if actions:  # a config file (perhaps someone else's) sets options, never actions or other files
+        raise RecipeError(f"{known.config}: {actions} cannot be set in a config file; give them on the command line")
     parser.set_defaults(**{**BUILT_IN_DEFAULTS, **config})  # shown by --help; a config file may override them
     args = parser.parse_args(argv)
     for flag, default in BUILT_IN_DEFAULTS.items():  # a config value of null
@@ -171,8 +177,9 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options a run saves as ``config.json`` (not the per-invocation ones: resume, predict)."""
-    return {k: v for k, v in vars(args).items() if k not in ("resume", "resuming", "predict", "predictions")}
+    """The options a run saves as ``config.json`` (not the per-invocation ones: resume, overwrite,
+    predict, and the path of the ``--config`` file)."""
+    return {k: v for k, v in vars(args).items() if k not in PER_INVOCATION}
 
 
 def train_config(args: argparse.Namespace, metric: str | None = None) -> TrainConfig:
