@@ -240,7 +240,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, chars, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, chars, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
-    settle_settings(args, chosen, out, num_examples=len(tokenized["train"]),  # the schedule; config.json
+    settle_settings(args, chosen, out, task="tagging", num_examples=len(tokenized["train"]),  # schedule, config
                     batches_per_epoch=train_pipe.batcher.num_batches(0), ctx=ctx)
     model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id,  # 4. model
                         tokenizer.unk_id)

@@ -15,7 +15,7 @@ from seqbucket_plugin.training.auto_settings import (
     choose_schedule_settings,
 )
 
-DATA_KEYS = ("max_length", "min_frequency", "max_tokens", "max_batch_size", "metric", "decoder")
+DATA_KEYS = ("max_length", "min_frequency", "word_dropout", "max_tokens", "max_batch_size", "metric", "decoder")
 SCHEDULE_KEYS = ("epochs", "lr", "warmup_ratio", "eval_every", "patience")
 
 
@@ -34,6 +34,7 @@ def test_every_choice_is_in_range_and_explained(n, mean, task, span, seed):
     assert 8 <= chosen.values["max_length"] <= MAX_LENGTH_CAP
     assert chosen.values["max_tokens"] >= 256 and chosen.values["max_batch_size"] >= TARGET_ROWS
     assert chosen.values["min_frequency"] in (1, 2)
+    assert 0 <= chosen.values["word_dropout"] <= 0.1
     batches = max(1, n // TARGET_ROWS)
     schedule = choose_schedule_settings({}, num_examples=n, batches_per_epoch=batches)
     assert 3 <= schedule.values["epochs"] <= 40
@@ -45,7 +46,7 @@ def test_every_choice_is_in_range_and_explained(n, mean, task, span, seed):
 
 @pytest.mark.parametrize("task", ["classification", "tagging"])
 def test_explicit_options_are_never_chosen(task):
-    given_options = {"max_length": 100, "min_frequency": 3, "max_tokens": 999, "max_batch_size": 7,
+    given_options = {"max_length": 100, "min_frequency": 3, "word_dropout": 0.2, "max_tokens": 999, "max_batch_size": 7,
                      "metric": "accuracy", "decoder": "softmax", "epochs": 2, "lr": 0.1, "warmup_ratio": 0.0,
                      "eval_every": 0, "patience": 0}
     data = choose_data_settings(given_options, task=task, lengths=[5, 6, 7], label_counts=[9, 1], span_tags=True)
@@ -74,6 +75,15 @@ def test_training_amount_is_counted_in_examples():
     large = choose_schedule_settings({}, num_examples=25_000, batches_per_epoch=780).values
     assert small["epochs"] > large["epochs"] >= 3
     assert 156 * small["epochs"] == pytest.approx(780 * large["epochs"], rel=0.25)
+
+
+def test_taggers_train_longer_and_short_texts_keep_every_word():
+    cls = choose_schedule_settings({}, num_examples=12_000, batches_per_epoch=375).values["epochs"]
+    tag = choose_schedule_settings({}, num_examples=12_000, batches_per_epoch=375, task="tagging").values["epochs"]
+    assert tag > cls
+    assert choose_data_settings({}, task="classification", lengths=_lengths(500, 10)).values["word_dropout"] == 0
+    assert choose_data_settings({}, task="classification", lengths=_lengths(500, 200)).values["word_dropout"] > 0
+    assert choose_data_settings({}, task="tagging", lengths=_lengths(500, 10)).values["word_dropout"] > 0
 
 
 def test_learning_rate_grows_with_the_rows_per_step():

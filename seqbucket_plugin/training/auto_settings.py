@@ -12,8 +12,10 @@ The rules (one place, no data-set names):
   300+ rows of 10-word questions (a few hundred optimizer steps in a whole run) and a dozen rows of
   long reviews. ``max_tokens`` = 32 x the mean (truncated) length, ``max_batch_size`` = 64 so the
   short buckets of a wide length distribution stay near 32 rows too.
-* **A fixed amount of training, counted in examples**: about 128k examples seen (4,000 steps of 32
-  rows), at least 3 and at most 40 epochs; early stopping decides the rest.
+* **A fixed amount of training, counted in examples**: about 128k examples seen for classification
+  (4,000 steps of 32 rows) and 256k for tagging, whose every token is a decision (taggers are
+  trained for 20-100 epochs in the literature); at least 3 and at most 40 epochs; early stopping
+  decides the rest.
 * **Evaluations often enough for small data**: about 20 per run, at most one epoch apart;
   patience 5 evaluations.
 * **Learning rate with the batch size**: 2e-3 for 32 rows (AdamW), times sqrt(rows / 32) for
@@ -24,6 +26,9 @@ The rules (one place, no data-set names):
 * **Truncation**: none when every example fits in 512 tokens; otherwise (classification) the 99th
   percentile of the lengths, at most 512 (the cost of a step grows with the longest row); tagging
   keeps whole sentences up to 512 tokens.
+* **Word dropout** (a word becomes the unknown word while training): 0.1 for tagging (the
+  unknown-word vector learns from known words) and for long texts (mean of 50 tokens or more, which
+  repeat their evidence); none for short texts, where one word can decide the label.
 * **Decoder** (tagging): a CRF for span tags, a softmax otherwise.
 * **Selection metric**: span F1 for span tags (BIO/IOBES...), token accuracy otherwise;
   accuracy for classification, macro-F1 when one class holds 60% or more of the training set.
@@ -42,7 +47,7 @@ __all__ = ["Chosen", "TARGET_ROWS", "choose_data_settings", "choose_schedule_set
 
 TARGET_ROWS = 32
 MAX_ROWS = 64
-TARGET_EXAMPLES = 128_000
+TARGET_EXAMPLES = {"classification": 128_000, "tagging": 256_000}
 MIN_EPOCHS, MAX_EPOCHS = 3, 40
 EVALS_PER_RUN = 20
 PATIENCE_EVALS = 5
@@ -51,6 +56,7 @@ MAX_WARMUP_STEPS = 250
 SMALL_DATA_TOKENS = 1_000_000
 MAX_LENGTH_CAP = 512
 SKEWED_MAJORITY = 0.6
+LONG_TEXT_TOKENS = 50
 
 
 @dataclass
@@ -80,8 +86,8 @@ def _round_up(x: float, multiple: int) -> int:
 def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[int] | np.ndarray,
                          num_tokens: int | None = None, label_counts: Sequence[int] | None = None,
                          span_tags: bool = False) -> Chosen:
-    """Fill ``max_length``, ``min_frequency``, ``max_tokens``, ``max_batch_size``, ``metric`` and
-    (tagging) ``decoder``.
+    """Fill ``max_length``, ``min_frequency``, ``word_dropout``, ``max_tokens``, ``max_batch_size``,
+    ``metric`` and (tagging) ``decoder``.
 
     Args:
         given: the options as parsed; a key whose value is ``None`` is chosen, any other is kept.
@@ -125,6 +131,16 @@ def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[
 
     truncated = np.minimum(lengths, max_length) if max_length > 0 else lengths
     mean = float(truncated.mean())
+    if given.get("word_dropout") is None:
+        if task == "tagging":
+            chosen.set("word_dropout", 0.1, "tagging: the unknown-word vector learns from known words "
+                                           "(unseen words at test time get a trained vector)")
+        elif mean >= LONG_TEXT_TOKENS:
+            chosen.set("word_dropout", 0.1, f"long texts (mean {mean:.0f} tokens) repeat their evidence: "
+                                           "dropping words regularises")
+        else:
+            chosen.set("word_dropout", 0.0, f"short texts (mean {mean:.0f} tokens < {LONG_TEXT_TOKENS}): "
+                                           "one word can decide the label, none is dropped")
     if given.get("max_tokens") is None and given.get("batch_size") is None:
         value = max(256, _round_up(TARGET_ROWS * mean, 64))
         chosen.set("max_tokens", value, f"about {TARGET_ROWS} rows of the mean length ({mean:.1f} tokens)")
@@ -153,7 +169,7 @@ def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[
 
 
 def choose_schedule_settings(given: dict[str, Any], *, num_examples: int, batches_per_epoch: int,
-                             world_size: int = 1) -> Chosen:
+                             world_size: int = 1, task: str = "classification") -> Chosen:
     """Fill ``epochs``, ``lr``, ``warmup_ratio``, ``eval_every`` and ``patience``.
 
     Args:
@@ -162,6 +178,7 @@ def choose_schedule_settings(given: dict[str, Any], *, num_examples: int, batche
         num_examples: training examples (all processes together).
         batches_per_epoch: batches per epoch of one process.
         world_size: processes; one optimizer step covers ``world_size x grad_accum`` batches.
+        task: ``"classification"`` or ``"tagging"`` (the amount of training).
     """
     chosen = Chosen()
     accum = max(1, int(given.get("grad_accum") or 1))
@@ -169,8 +186,9 @@ def choose_schedule_settings(given: dict[str, Any], *, num_examples: int, batche
     rows_per_step = num_examples / steps_per_epoch  # over every process and accumulated batch
 
     if given.get("epochs") is None:
-        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_EXAMPLES / max(1, num_examples))))
-        chosen.set("epochs", epochs, f"about {TARGET_EXAMPLES:,} examples seen ({num_examples:,} per epoch), "
+        target = TARGET_EXAMPLES[task]
+        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(target / max(1, num_examples))))
+        chosen.set("epochs", epochs, f"about {target:,} examples seen ({num_examples:,} per epoch), "
                                      f"{MIN_EPOCHS}-{MAX_EPOCHS} epochs; early stopping decides the rest")
     epochs = int(given.get("epochs") or chosen.values["epochs"])
     total = steps_per_epoch * epochs

@@ -27,7 +27,7 @@ BUILT_IN_DEFAULTS = {"amp": True, "progress": True, "resume": False, "grad_accum
 # what one invocation does, never saved in config.json nor read from a config file
 PER_INVOCATION = ("resume", "resuming", "overwrite", "predict", "predictions", "config")
 # options that a config value of null leaves to seqbucket_plugin.training.auto_settings
-AUTO_OPTIONS = frozenset({"max_length", "min_frequency", "max_tokens", "max_batch_size", "metric", "epochs", "lr",
+AUTO_OPTIONS = frozenset({"max_length", "min_frequency", "word_dropout", "max_tokens", "max_batch_size", "metric", "epochs", "lr",
                           "warmup_ratio", "eval_every", "patience", "decoder"})
 
 
@@ -200,13 +200,14 @@ def apply_chosen(args: argparse.Namespace, chosen: Any) -> None:
         setattr(args, key, value)
 
 
-def settle_settings(args: argparse.Namespace, chosen: Any, output_dir: str | os.PathLike, *, num_examples: int,
-                    batches_per_epoch: int, ctx: Any) -> None:
+def settle_settings(args: argparse.Namespace, chosen: Any, output_dir: str | os.PathLike, *, task: str,
+                    num_examples: int, batches_per_epoch: int, ctx: Any) -> None:
     """Choose the schedule (epochs, lr, warm-up, evaluations, patience) now that the batches per
     epoch are known, print every setting chosen from the data once, and write ``config.json``
     with the reasons (rank 0, not when resuming: a resume keeps its run's files)."""
     chosen.update(choose_schedule_settings(vars(args), num_examples=num_examples,
-                                           batches_per_epoch=batches_per_epoch, world_size=ctx.world_size))
+                                           batches_per_epoch=batches_per_epoch, world_size=ctx.world_size,
+                                           task=task))
     apply_chosen(args, chosen)
     if chosen.values:
         print("settings chosen from the training data (an option given explicitly wins):\n" + chosen.summary())
