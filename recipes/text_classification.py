@@ -130,23 +130,29 @@ def load_data(args, out: Path) -> tuple[datasets.DatasetDict, list[str]]:
     return datasets.DatasetDict({k: v for k, v in splits.items() if v is not None}), names
 
 
+def choose_settings(args, train: datasets.Dataset, tokenizer: TextTokenizer, names: list[str]) -> Chosen:
+    """Settings chosen from the training lengths and labels (truncation, vocabulary cut-off, word
+    dropout, batches, metric; see auto_settings), set on ``args``. Word-level lengths do not
+    depend on the vocabulary, so any word-level tokenizer of the run measures them."""
+    lengths = tokenize_dataset(train, tokenizer, label_column=None).with_format("numpy")["length"]
+    counts = np.bincount(np.asarray(train["label"]), minlength=len(names))
+    chosen = choose_data_settings(vars(args), task="classification", lengths=lengths, label_counts=counts)
+    apply_chosen(args, chosen)
+    return chosen
+
+
 def build_tokenizer(args, train: datasets.Dataset, out: Path, names: list[str]) -> tuple[TextTokenizer, Chosen]:
     """Step 2: a word-level tokenizer trained on the training texts (reloaded when resuming), and
-    the settings chosen from the training lengths and labels (truncation, vocabulary, batches,
-    metric). Word-level lengths do not depend on the vocabulary, so one tokenizer measures them."""
+    the settings chosen from the data (the vocabulary cut-off among them)."""
     folder = out / "tokenizer"
-    resumed = args.resume and folder.is_dir()
-    tokenizer = TextTokenizer.load(folder) if resumed else TextTokenizer.train(
-        train, kind="word", vocab_size=args.vocab_size, min_frequency=args.min_frequency or 1)
-    lengths = tokenize_dataset(train, tokenizer, label_column=None).with_format("numpy")["length"]
-    chosen = choose_data_settings(vars(args), task="classification", lengths=lengths,
-                                  label_counts=np.bincount(np.asarray(train["label"]), minlength=len(names)))
-    apply_chosen(args, chosen)
-    if not resumed:
-        if args.min_frequency != 1:
-            tokenizer = TextTokenizer.train(train, kind="word", vocab_size=args.vocab_size,
-                                            min_frequency=args.min_frequency)
-        tokenizer.save(folder)
+    if args.resume and folder.is_dir():
+        tokenizer = TextTokenizer.load(folder)
+        return tokenizer, choose_settings(args, train, tokenizer, names)
+    tokenizer = TextTokenizer.train(train, kind="word", vocab_size=args.vocab_size, min_frequency=args.min_frequency or 1)
+    chosen = choose_settings(args, train, tokenizer, names)
+    if args.min_frequency != 1:
+        tokenizer = TextTokenizer.train(train, kind="word", vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+    tokenizer.save(folder)
     return tokenizer, chosen
 
 
@@ -217,10 +223,7 @@ def prepare(args, out: Path, recorder: DebugRecorder, tokenizer: TextTokenizer |
         if not args.resuming:  # a resume keeps the files of its run (the fingerprint check comes first)
             (out / "labels.json").write_text(json.dumps(label_names) + "\n", encoding="utf-8")
     else:
-        lengths = tokenize_dataset(splits["train"], tokenizer, label_column=None).with_format("numpy")["length"]
-        chosen = choose_data_settings(vars(args), task="classification", lengths=lengths, label_counts=np.bincount(
-            np.asarray(splits["train"]["label"]), minlength=len(label_names)))
-        apply_chosen(args, chosen)
+        chosen = choose_settings(args, splits["train"], tokenizer, label_names)
     tokenized = {name: tokenize(args, tokenizer, split, keep=("idx",) if name == "train" and recorder.wants_ids
                                 else ()) for name, split in splits.items()}
     return splits, label_names, tokenizer, tokenized, chosen

@@ -46,6 +46,27 @@ def make_examples(lengths, *, label_mod: int = 2) -> list[dict]:
     ]
 
 
+@pytest.fixture(scope="module")
+def cls_data(tmp_path_factory) -> dict[str, str]:
+    """Generated classification files (600 train, 80 dev, 80 test), once per test module."""
+    from seqbucket_plugin.training import write_classification_data
+
+    return write_classification_data(tmp_path_factory.mktemp("cls"), n_train=600, n_dev=80, n_test=80)
+
+
+@pytest.fixture(scope="module")
+def tag_data(tmp_path_factory) -> dict[str, str]:
+    """Generated BIO tagging files (300 train, 40 dev, 40 test), once per test module."""
+    from seqbucket_plugin.training import write_tagging_data
+
+    return write_tagging_data(tmp_path_factory.mktemp("tag"), n_train=300, n_dev=40, n_test=40)
+
+
+def recipe_files(data: dict[str, str]) -> list[str]:
+    """``--train-file/--dev-file/--test-file`` arguments of generated data."""
+    return ["--train-file", data["train"], "--dev-file", data["dev"], "--test-file", data["test"]]
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -6,27 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_recipe
-
-from seqbucket_plugin.training import write_classification_data, write_tagging_data
+from conftest import load_recipe, recipe_files
 
 cls_recipe = load_recipe("text_classification", "defaults")
 tag_recipe = load_recipe("tagging", "defaults")
 TINY = ["--embedding-dim", "8", "--hidden-size", "8", "--no-progress", "--threads", "1", "--max-steps", "4"]
 
 
-@pytest.fixture(scope="module")
-def cls_data(tmp_path_factory):
-    return write_classification_data(tmp_path_factory.mktemp("cls"), n_train=300, n_dev=40, n_test=40)
-
-
-@pytest.fixture(scope="module")
-def tag_data(tmp_path_factory):
-    return write_tagging_data(tmp_path_factory.mktemp("tag"), n_train=200, n_dev=30, n_test=30)
-
-
-def _files(data):
-    return ["--train-file", data["train"], "--dev-file", data["dev"], "--test-file", data["test"]]
+_files = recipe_files
 
 
 def test_classification_records_what_it_chose_and_why(cls_data, tmp_path, capsys):

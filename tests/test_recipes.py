@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_recipe
+from conftest import load_recipe, recipe_files
 
-from seqbucket_plugin.training import engine, write_classification_data, write_tagging_data
+from seqbucket_plugin.training import engine
 from seqbucket_plugin.training.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,18 +23,7 @@ cls_recipe = load_recipe("text_classification", "recipes")
 tag_recipe = load_recipe("tagging", "recipes")
 
 
-@pytest.fixture(scope="module")
-def cls_data(tmp_path_factory):
-    return write_classification_data(tmp_path_factory.mktemp("cls"), n_train=600, n_dev=80, n_test=80)
-
-
-@pytest.fixture(scope="module")
-def tag_data(tmp_path_factory):
-    return write_tagging_data(tmp_path_factory.mktemp("tag"), n_train=300, n_dev=40, n_test=40)
-
-
-def _files(data):
-    return ["--train-file", data["train"], "--dev-file", data["dev"], "--test-file", data["test"]]
+_files = recipe_files
 
 
 SMALL_CLS = ["--embedding-dim", "16", "--hidden-size", "16", "--max-tokens", "4096", "--no-progress", "--threads", "1"]
