@@ -111,5 +111,7 @@ def test_classification_metric_follows_the_class_balance(counts, metric):
 def test_bad_inputs():
     with pytest.raises(ValueError, match="task"):
         choose_data_settings({}, task="parsing", lengths=[1])
-    with pytest.raises(ValueError, match="no training examples"):
+    from seqbucket_plugin.errors import SeqBucketError
+
+    with pytest.raises(SeqBucketError, match="no examples"):
         choose_data_settings({}, task="tagging", lengths=[])

@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from seqbucket_plugin.errors import SeqBucketError
+
 __all__ = ["Chosen", "TARGET_ROWS", "choose_data_settings", "choose_schedule_settings"]
 
 TARGET_ROWS = 32
@@ -98,13 +100,14 @@ def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[
         span_tags: the tags are a span scheme (tagging).
 
     Raises:
-        ValueError: an unknown task or no training examples.
+        ValueError: an unknown task.
+        SeqBucketError: no training examples (a recipe prints it as one ``error:`` line).
     """
     if task not in ("classification", "tagging"):
         raise ValueError(f"task must be 'classification' or 'tagging', got {task!r}")
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size == 0:
-        raise ValueError("no training examples to choose settings from")
+        raise SeqBucketError("the training set has no examples: nothing to train on or to choose settings from")
     chosen = Chosen()
     total = int(lengths.sum()) if num_tokens is None else int(num_tokens)
 
