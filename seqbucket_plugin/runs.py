@@ -26,6 +26,7 @@ contract: each batch carries its examples' dataset positions (``PackedBatch.posi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -60,6 +61,21 @@ MAX_JSON_BYTES = 64 << 20
 DEFAULT_MAX_TOKENS = 4096
 """Token budget per prediction batch when neither the caller nor the run's config gives one."""
 _MAX_DIM = 1 << 16
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """``datasets`` progress bars off while a predictor tokenizes (a library call stays quiet),
+    restored afterwards to what the caller had."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 # ------------------------------------------------------------------------------------------ schema
@@ -463,8 +479,9 @@ class ClassificationPredictor(RunPredictor):
         c = self.config
         max_length = None if c["tbptt_chunk"] or not c["max_length"] else c["max_length"]
         ds = datasets.Dataset.from_dict({"text": texts})
-        return tokenize_dataset(ds, self.tokenizer, max_length=max_length, truncation=c["truncation"],
-                                head_fraction=c["head_fraction"], label_column=None)
+        with _no_progress_bars():
+            return tokenize_dataset(ds, self.tokenizer, max_length=max_length, truncation=c["truncation"],
+                                    head_fraction=c["head_fraction"], label_column=None)
 
     @torch.no_grad()
     def logits(self, batch) -> torch.Tensor:
@@ -573,8 +590,9 @@ class TaggingPredictor(RunPredictor):
             lookup = [[w if w.strip() else unk for w in win] for _, _, win in windows]
             ds = datasets.Dataset.from_dict({"lookup": lookup, "tokens": [w for _, _, w in windows],
                                              "tags": [[0] * len(w) for _, _, w in windows]})
-            tokenized = tokenize_tagged_dataset(ds, self.tokenizer, tokens_column="lookup", subword=False,
-                                                keep_columns=["tokens"])
+            with _no_progress_bars():
+                tokenized = tokenize_tagged_dataset(ds, self.tokenizer, tokens_column="lookup", subword=False,
+                                                    keep_columns=["tokens"])
             for batch in self._batches(tokenized, self._after_pack):
                 pred = self.model.decode(batch.to(self.device)).cpu()
                 for row, (position, n) in enumerate(zip(batch.positions.tolist(), batch.lengths.tolist())):
