@@ -168,7 +168,7 @@ def use_chars(args) -> bool:
 
 
 def build_model(args, vocab_size: int, num_tags: int, num_chars: int, pad_id: int,
-                unk_id: int | None = None) -> SequenceTagger:
+                unk_id: int | None) -> SequenceTagger:
     """Step 4: word embedding (+ char CNN/BiLSTM) -> encoder -> per-token scores (softmax or CRF)."""
     if args.encoder not in list_encoders(include_aliases=True):
         raise RecipeError(f"--encoder {args.encoder!r} is not registered; choose from {list_encoders()}")

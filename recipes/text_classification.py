@@ -81,6 +81,7 @@ def add_task_arguments(parser):
                       help="train on chunks of N tokens with truncated back-propagation through time (0: off)")
     task.add_argument("--num-buckets", type=int, help="length buckets of the batcher")
     task.add_argument("--pooling", help="encoder pooling: last, mean, max, attention or +-joined")
+    task.add_argument("--embedding-dropout", type=float, help="dropout on the word vectors the encoder reads")
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -183,7 +184,7 @@ def make_pipe(args, dataset: datasets.Dataset, tokenizer: TextTokenizer, device:
     return pipe
 
 
-def build_model(args, vocab_size: int, num_classes: int, pad_id: int, unk_id: int | None = None) -> SequenceClassifier:
+def build_model(args, vocab_size: int, num_classes: int, pad_id: int, unk_id: int | None) -> SequenceClassifier:
     """Step 4: embedding -> encoder -> pooling -> MLP."""
     if args.encoder not in list_encoders(include_aliases=True):
         raise RecipeError(f"--encoder {args.encoder!r} is not registered; choose from {list_encoders()}")

@@ -15,9 +15,6 @@ from seqbucket_plugin.training.auto_settings import (
     choose_schedule_settings,
 )
 
-DATA_KEYS = ("max_length", "min_frequency", "word_dropout", "max_tokens", "max_batch_size", "metric", "decoder")
-SCHEDULE_KEYS = ("epochs", "lr", "warmup_ratio", "eval_every", "patience")
-
 
 def _lengths(n: int, mean: float, seed: int = 0) -> np.ndarray:
     return np.maximum(1, np.random.default_rng(seed).lognormal(np.log(mean), 0.6, n).astype(int))

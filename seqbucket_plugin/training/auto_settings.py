@@ -132,8 +132,7 @@ def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[
         else:
             chosen.set("min_frequency", 2, f"{total:,} training tokens (>= {SMALL_DATA_TOKENS:,}): drop words seen once")
 
-    truncated = np.minimum(lengths, max_length) if max_length > 0 else lengths
-    mean = float(truncated.mean())
+    mean = float(np.minimum(lengths, max_length).mean())
     if given.get("word_dropout") is None:
         if task == "tagging":
             chosen.set("word_dropout", 0.1, "tagging: the unknown-word vector learns from known words "

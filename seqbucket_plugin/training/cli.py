@@ -92,7 +92,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--hidden-size", type=int)
     model.add_argument("--num-layers", type=int)
     model.add_argument("--dropout", type=float)
-    model.add_argument("--embedding-dropout", type=float, help="dropout on the word vectors the encoder reads")
     model.add_argument("--word-dropout", type=float,
                        help="training only: probability that a word is replaced by the unknown word")
     model.add_argument("--vocab-size", type=int)
