@@ -116,7 +116,7 @@ def test_metrics_equal_a_single_process_evaluation(full_run):
     args = argparse.Namespace(**json.loads((out / "config.json").read_text()), resume=False)
     tokenizer = TextTokenizer.load(out / "tokenizer")
     splits, names = recipe.load_data(args, out)
-    model = recipe.build_model(args, tokenizer.vocab_size, len(names), tokenizer.pad_id)
+    model = recipe.build_model(args, tokenizer.vocab_size, len(names), tokenizer.pad_id, tokenizer.unk_id)
     model.load_state_dict(torch.load(out / "best_model.pt", weights_only=True))
     model.eval()
     device = torch.device("cpu")
