@@ -67,6 +67,18 @@ def test_rows_per_batch_follow_the_lengths():
     assert short["max_length"] >= _lengths(5000, 10).max()  # short texts are kept whole
 
 
+def test_tagging_batches_count_token_decisions():
+    """Tagging: ~2,048 tokens per batch (every token is a decision), at least 32 rows, up to 256 rows;
+    the learning rate grows with the rows from a tagging base."""
+    short = choose_data_settings({}, task="tagging", lengths=_lengths(5000, 16)).values
+    long = choose_data_settings({}, task="tagging", lengths=_lengths(5000, 120)).values
+    assert short["max_tokens"] == 2048 and short["max_batch_size"] == 256
+    assert long["max_tokens"] >= 32 * 100  # long sentences still get about 32 rows
+    tag = choose_schedule_settings({}, num_examples=32_000, batches_per_epoch=1000, task="tagging").values["lr"]
+    cls = choose_schedule_settings({}, num_examples=32_000, batches_per_epoch=1000).values["lr"]
+    assert tag > cls
+
+
 def test_training_amount_is_counted_in_examples():
     small = choose_schedule_settings({}, num_examples=5_000, batches_per_epoch=156).values
     large = choose_schedule_settings({}, num_examples=25_000, batches_per_epoch=780).values
