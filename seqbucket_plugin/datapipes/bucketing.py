@@ -270,8 +270,9 @@ class BucketBatcher(BaseNode[list[dict]]):
     BOUNDARIES_KEY = "boundaries"
     STREAM_CUT_KEY = "stream_cut"
     #: with ``shuffle``, the share of a chunk's read (of a stream) held back for the next chunk.
-    #: Each chunk then plans ``buffer_size`` examples at the start and about
-    #: ``buffer_size / (1 + HOLD_BACK)`` later, in random windows that differ every epoch.
+    #: The first chunk then plans about ``(1 - HOLD_BACK) x buffer_size`` examples, later ones about
+    #: ``buffer_size / (1 + HOLD_BACK)`` (the last: what is left), in random windows of the stream
+    #: that differ every epoch; 0 cuts contiguous chunks of ``buffer_size``, the same every epoch.
     HOLD_BACK: float = 0.5
 
     def __init__(
