@@ -115,21 +115,29 @@ def noisy_sort(lengths, epoch, max_tokens, noise):
 # ---------------------------------------------------------------- ours
 def ours(lengths, epoch_count=2, streaming=None, **kwargs):
     """Two epochs of our batcher. ``streaming``: None (map-style), "fixed" (the same stream order
-    every epoch) or "shuffled" (a HF IterableDataset, 64 shards, shuffled per epoch with
-    ``IterableDataset.shuffle(buffer_size=1000)``, the usual streaming set-up)."""
+    every epoch: a plain ``IterableWrapper`` over a list), "fixed-contiguous" (the same, cut into
+    contiguous chunks of ``buffer_size`` as before issue 17: ``HOLD_BACK = 0``) or "shuffled" (a HF
+    IterableDataset, 64 shards, shuffled per epoch with ``IterableDataset.shuffle(buffer_size=1000)``,
+    the usual streaming set-up)."""
     import datasets
     from torchdata.nodes import IterableWrapper, Loader
 
     from seqbucket_plugin.datapipes import BucketBatcher, IterableDatasetSource, MapDatasetSource
 
     table = datasets.Dataset.from_dict({"id": np.arange(lengths.size), "length": lengths})
-    if streaming == "fixed":
+    batcher_class = BucketBatcher
+    if streaming == "fixed-contiguous":
+        class ContiguousBatcher(BucketBatcher):
+            HOLD_BACK = 0.0
+
+        batcher_class = ContiguousBatcher
+    if streaming in ("fixed", "fixed-contiguous"):
         source = IterableWrapper([{"id": i, "length": int(n)} for i, n in enumerate(lengths)])
     elif streaming == "shuffled":
         source = IterableDatasetSource(table.to_iterable_dataset(num_shards=64).shuffle(seed=0, buffer_size=1000))
     else:
         source = MapDatasetSource(table)
-    batcher = BucketBatcher(source, **kwargs)
+    batcher = batcher_class(source, **kwargs)
     loader = Loader(batcher)
     epochs = [[np.array([e["id"] for e in batch]) for batch in loader] for _ in range(epoch_count)]
     return epochs, batcher
@@ -251,6 +259,11 @@ def main() -> None:
                                                hf_length_grouped(lengths, 1), None),
     }
     for buckets in (30, 60):
+        try:
+            import lhotse  # noqa: F401
+        except ImportError:
+            print(f"lhotse DynamicBucketing, {buckets} buckets: skipped (pip install lhotse)")
+            continue
         rows[f"lhotse DynamicBucketing, tokens, {buckets} buckets"] = measure(
             lengths, lhotse_dynamic(lengths, 0, max_tokens, buckets), lhotse_dynamic(lengths, 1, max_tokens, buckets),
             max_tokens)
@@ -265,6 +278,8 @@ def main() -> None:
         "max_tokens, map-style (defaults)": dict(max_tokens=max_tokens),
         "max_tokens, shuffled stream, buffer 20,000": dict(max_tokens=max_tokens, streaming="shuffled"),
         "max_tokens, fixed-order stream, buffer 20,000": dict(max_tokens=max_tokens, streaming="fixed"),
+        "max_tokens, fixed-order stream, contiguous chunks": dict(max_tokens=max_tokens,
+                                                                  streaming="fixed-contiguous"),
         "max_tokens, num_buckets=256 (efficiency knob)": dict(max_tokens=max_tokens, num_buckets=256),
         "max_tokens, num_buckets=256, shuffled stream": dict(max_tokens=max_tokens, num_buckets=256,
                                                              streaming="shuffled"),
@@ -279,16 +294,19 @@ def main() -> None:
         print(f"{name:48s} {fmt(row)} | 2 epochs {elapsed:.1f} s")
 
     print("\n## Defaults over seeds 0-4 (worst case of each metric)")
-    for streaming in (None, "shuffled"):
+    names = {None: "map-style", "shuffled": "shuffled stream, buffer 20,000",
+             "fixed": "fixed-order stream, buffer 20,000"}
+    for streaming in (None, "shuffled", "fixed"):
         rows = []
         for seed in range(5):
             (e0, e1), _ = ours(lengths, streaming=streaming, max_tokens=max_tokens, seed=seed)
             rows.append(measure(lengths, e0, e1, max_tokens))
-        print(f"{'map-style' if streaming is None else 'shuffled stream, buffer 20,000':48s} "
+        print(f"{names[streaming]:48s} "
               f"eff min {min(r['efficiency'] for r in rows):.2%} | "
               f"pair repeat max {max(r['pair_repeat'] for r in rows):.3f} | "
               f"|lag-1| max {max(abs(r['lag1']) for r in rows):.2f} | "
-              f"ratio max {max(r['batch_ratio'] for r in rows):.3f}")
+              f"ratio max {max(r['batch_ratio'] for r in rows):.3f} | "
+              f"{'exactly-once' if all(r['exactly_once'] for r in rows) else 'NOT exactly-once'}")
 
     timings(args.quick)
 

@@ -39,6 +39,12 @@ from seqbucket_plugin.heads import SequenceTagger
 from seqbucket_plugin.runs import load_run
 from seqbucket_plugin.training import Trainer, write_tagging_data
 from seqbucket_plugin.training.auto_settings import Chosen, choose_data_settings
+from seqbucket_plugin.training.budget import (
+    amp_autocast,
+    check_auto_max_tokens,
+    dataset_worst_case_batches,
+    resolve_auto_max_tokens,
+)
 from seqbucket_plugin.training.cli import (
     RecipeError,
     apply_chosen,
@@ -227,6 +233,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     recorder = DebugRecorder(ctx)
+    check_auto_max_tokens(args, device)  # --max-tokens auto needs CUDA: refused before anything is written
     args.resuming = checkpoint_to_resume(args, out)  # an unreadable checkpoint fails here, before any write
 
     # rank 0 first (it writes generated data, vocabularies, config); then the others read them
@@ -237,6 +244,13 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     if not ctx.is_main:
         vocabularies = TextTokenizer.load(out / "tokenizer"), CharVocab.load(out / "chars.json")
         splits, tag_names, tokenizer, chars, tokenized, chosen = prepare(args, out, recorder, vocabularies)
+    resolve_auto_max_tokens(                                                             # --max-tokens auto (CUDA)
+        args, ctx, out, chosen, longest=int(np.max(tokenized["train"]["length"])),
+        build_model=lambda: build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id,
+                                        tokenizer.unk_id),
+        make_batch=dataset_worst_case_batches(tokenized["train"], tokenizer.pad_id,
+                                              transform=CharIds(chars) if use_chars(args) else _drop_tokens),
+        step=tagging_step(autocast=amp_autocast(args.amp, device)))
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, chars, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, chars, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
@@ -309,7 +323,8 @@ def predict(args, out: Path) -> dict:
     """Tag sentences with the trained run in ``--output-dir`` (``seqbucket_plugin.load_run``); writes
     JSON Lines with one tag per token (sentences longer than the run's ``--max-length`` are tagged in
     windows). Only the run's model and tokenization settings are read from it."""
-    run = load_run(out, device=args.device, max_tokens=args.max_tokens, batch_size=args.batch_size)
+    max_tokens = None if args.max_tokens == "auto" else args.max_tokens  # predictions: the run's own budget
+    run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
     sentences = read_sentences(args.predict)
     preds = run.predict(sentences)
     sink = open(args.predictions, "w", encoding="utf-8") if args.predictions else sys.stdout

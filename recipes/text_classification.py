@@ -42,6 +42,12 @@ from seqbucket_plugin.heads import SequenceClassifier
 from seqbucket_plugin.runs import load_run
 from seqbucket_plugin.training import Trainer, write_classification_data
 from seqbucket_plugin.training.auto_settings import Chosen, choose_data_settings
+from seqbucket_plugin.training.budget import (
+    amp_autocast,
+    check_auto_max_tokens,
+    dataset_worst_case_batches,
+    resolve_auto_max_tokens,
+)
 from seqbucket_plugin.training.classification import (
     classification_step,
     evaluate_classifier,
@@ -238,6 +244,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     recorder = DebugRecorder(ctx)
+    check_auto_max_tokens(args, device)  # --max-tokens auto needs CUDA: refused before anything is written
     args.resuming = checkpoint_to_resume(args, out)  # an unreadable checkpoint fails here, before any write
 
     # rank 0 first (it writes generated data, tokenizer, config); then the others read them
@@ -248,6 +255,12 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     if not ctx.is_main:
         splits, label_names, tokenizer, tokenized, chosen = prepare(args, out, recorder,
                                                                     TextTokenizer.load(out / "tokenizer"))
+    resolve_auto_max_tokens(                                                          # --max-tokens auto (CUDA)
+        args, ctx, out, chosen, longest=int(np.max(tokenized["train"]["length"])),
+        build_model=lambda: build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id,
+                                        tokenizer.unk_id),
+        make_batch=dataset_worst_case_batches(tokenized["train"], tokenizer.pad_id),
+        step=classification_step(tbptt_chunk=args.tbptt_chunk, autocast=amp_autocast(args.amp, device)))
     train_pipe = make_pipe(args, tokenized["train"], tokenizer, device, train=True)  # 3. pipelines
     eval_loaders = {name: make_pipe(args, ds, tokenizer, device, train=False).loader()
                     for name, ds in tokenized.items() if name != "train"}
@@ -321,7 +334,8 @@ def read_texts(path: str, text_column: str, column_names: list[str] | None = Non
 def predict(args, out: Path) -> dict:
     """Classify texts with the trained run in ``--output-dir`` (``seqbucket_plugin.load_run``);
     writes JSON Lines. Only the run's model and tokenization settings are read from it."""
-    run = load_run(out, device=args.device, max_tokens=args.max_tokens, batch_size=args.batch_size)
+    max_tokens = None if args.max_tokens == "auto" else args.max_tokens  # predictions: the run's own budget
+    run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
     texts = read_texts(args.predict, args.text_column, args.column_names.split(",") if args.column_names else None)
     preds = run.predict(texts)
     sink = open(args.predictions, "w", encoding="utf-8") if args.predictions else sys.stdout

@@ -92,3 +92,9 @@ class RunDirectoryError(SeqBucketError, ValueError):
         where = "" if self.path is None else f"{self.path}: "
         what = "" if key is None else f"{key!r}: "
         super().__init__(f"{where}{what}{message}")
+
+
+class BudgetSearchError(SeqBucketError):
+    """The largest-budget search (:func:`seqbucket_plugin.training.budget.find_max_tokens`, a
+    recipe's ``--max-tokens auto``) cannot run or finds nothing that fits: not on a CUDA device
+    without a memory probe, or not even one row of the longest length fits."""

@@ -22,7 +22,17 @@ Map-style sources that expose their length column (:class:`~.sources.MapDatasetS
 planned over the whole epoch and fetched by index: the state is ``(epoch, batches yielded)`` and a
 restore re-plans from the seed, never replaying data. Other sources are read in chunks of
 ``buffer_size`` examples (memory O(buffer)); each chunk is planned the same way, and the state
-holds the source's state at the chunk start plus the position in the chunk's plan.
+holds the source's state where its oldest held example was read plus the position in the chunk's
+plan.
+
+A stream read in the same order every epoch (a list, files read in order) would give every chunk
+the same examples every epoch, and neighbours in length would meet again often. So with
+``shuffle`` each chunk holds back a random half of the examples it reads for the next chunk (see
+:attr:`BucketBatcher.HOLD_BACK`): chunk ``c`` plans the examples the previous chunk held back plus
+the rest of its own read, so chunks are random, overlapping windows of the stream that change
+every epoch. Who is held back is drawn from ``(seed, epoch, c)``; a restore re-reads the previous
+chunk's read from the saved source state and draws again, so resuming stays exact. At most
+``buffer_size x world_size`` examples are held at any time.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ __all__ = ["BatchPlan", "BatchingStats", "BucketBatcher", "estimate_boundaries",
 
 OversizePolicy = Literal["error", "skip", "truncate"]
 _ROW_CLASSES = 16
+_HOLD_STREAM = 2**31 - 2  # rng stream of the hold-back draws (the plans use (epoch, chunk))
 
 
 def estimate_boundaries(lengths: np.ndarray, num_buckets: int = 66, density_power: float = 0.5) -> np.ndarray:
@@ -227,7 +238,10 @@ class BucketBatcher(BaseNode[list[dict]]):
         num_buckets: number of buckets when boundaries are estimated; more buckets trade
             randomness (batches repeat more across epochs) for efficiency.
         boundaries: explicit bucket upper edges, instead of estimating them.
-        buffer_size: examples read per chunk from a source without random access.
+        buffer_size: the most examples held at once from a source without random access (read in
+            chunks; with ``shuffle`` a random share of each chunk's read waits for the next chunk,
+            so chunks change every epoch even when the stream's order does not; see
+            :attr:`HOLD_BACK`).
         sample_size: lengths sampled at random to estimate boundaries on the map-style path.
         oversize: an example alone over ``max_tokens``: ``"error"`` raises
             :class:`~seqbucket_plugin.errors.OversizeExampleError`, ``"skip"`` drops it,
@@ -254,6 +268,12 @@ class BucketBatcher(BaseNode[list[dict]]):
     SOURCE_KEY = "source"
     STATS_KEY = "stats"
     BOUNDARIES_KEY = "boundaries"
+    STREAM_CUT_KEY = "stream_cut"
+    #: with ``shuffle``, the share of a chunk's read (of a stream) held back for the next chunk.
+    #: The first chunk then plans about ``(1 - HOLD_BACK) x buffer_size`` examples, later ones about
+    #: ``buffer_size / (1 + HOLD_BACK)`` (the last: what is left), in random windows of the stream
+    #: that differ every epoch; 0 cuts contiguous chunks of ``buffer_size``, the same every epoch.
+    HOLD_BACK: float = 0.5
 
     def __init__(
         self,
@@ -323,7 +343,12 @@ class BucketBatcher(BaseNode[list[dict]]):
         self._epoch = -1
         self._chunk = 0
         self._position = 0
-        self._chunk_source_state: dict | None = None
+        self._chunk_source_state: dict | None = None  # where the oldest held example was read
+        self._read_source_state: dict | None = None  # where this chunk's own read began
+        self._read_start = 0  # stream position of this chunk's own read
+        self._held: list[dict] = []  # examples held back for the next chunk, and their positions
+        self._held_positions = np.zeros(0, dtype=np.int64)
+        self._positions = np.zeros(0, dtype=np.int64)  # stream positions of the chunk's items
         self._items: list[dict] = []
         self._lengths = np.zeros(0, dtype=np.int64)
         self._plan: list[np.ndarray] = []
@@ -348,6 +373,15 @@ class BucketBatcher(BaseNode[list[dict]]):
         if lengths.size > self.sample_size:
             lengths = lengths[self._rng(2**31 - 1).choice(lengths.size, self.sample_size, replace=False)]
         self._boundaries = estimate_boundaries(lengths, self.num_buckets)
+
+    def _fitting(self, lengths: np.ndarray) -> np.ndarray:
+        """``lengths`` as the plan sees them: oversize ones dropped (``skip``) or cut (otherwise)."""
+        limit = self._budget_length()
+        if limit is None:
+            return lengths
+        if self.oversize == "skip":
+            return lengths[np.maximum(_padded(lengths, self.pad_to_multiple_of), 1) <= self.max_tokens]
+        return np.minimum(lengths, limit)
 
     def _plan_for(self, lengths: np.ndarray, epoch: int, chunk: int) -> tuple[list[np.ndarray], BatchingStats]:
         """This rank's batches (indices into ``lengths``) and the plan-level counters."""
@@ -419,20 +453,83 @@ class BucketBatcher(BaseNode[list[dict]]):
         self._lengths = self._all_lengths
         self._plan, self.stats = self._plan_for(self._lengths, self._epoch, 0)
 
-    def _load_chunk(self, source_state: dict | None) -> None:
-        """Read the next chunk from the source (from ``source_state`` when restoring) and plan it."""
-        if source_state is not None:
-            self.source.reset(source_state)
-        self._chunk_source_state = self.source.state_dict()
+    def _holds_back(self) -> bool:
+        return self.shuffle and self.buffer_size * self.world_size >= 2 and self.HOLD_BACK > 0
+
+    def _held_back(self, epoch: int, chunk: int, count: int) -> np.ndarray:
+        """Which of the ``count`` examples read for ``chunk`` wait for the next chunk (bool)."""
+        if not self._holds_back() or count == 0:
+            return np.zeros(count, dtype=bool)
+        return self._rng(_HOLD_STREAM, epoch, chunk).random(count) < self.HOLD_BACK
+
+    def _read(self, count: int) -> list[dict]:
         items = []
-        for _ in range(self.buffer_size * self.world_size):
+        for _ in range(count):
             try:
                 items.append(next(self.source))
             except StopIteration:
                 self._exhausted = True
                 break
-        if items and self.length_key not in items[0]:
-            raise MissingColumnError(self.length_key, list(items[0]))
+        return items
+
+    def _restore_held(self, source_state: dict) -> None:
+        """Restoring chunk ``self._chunk``: reset the source to ``source_state`` (where the previous
+        chunk's read began, or this chunk's for the first) and re-read the examples that the
+        previous chunk held back, drawn again from the seed. Cost: re-drawing the hold-backs of
+        every earlier chunk of the epoch (numpy, no data) and re-reading one read."""
+        self.source.reset(source_state)
+        self._held, self._held_positions, self._read_start = [], np.zeros(0, dtype=np.int64), 0
+        if self._chunk == 0 or not self._holds_back():
+            self._read_start = self._chunk * self.buffer_size * self.world_size
+            return
+        capacity = self.buffer_size * self.world_size
+        start, held = 0, 0
+        for chunk in range(self._chunk - 1):  # every earlier chunk read its capacity in full
+            count = capacity - held
+            held = int(self._held_back(self._epoch, chunk, count).sum())
+            start += count
+        count = capacity - held
+        previous = self._read(count)
+        if len(previous) < count:
+            raise StateDictError(f"the source ended after {len(previous)} of the {count} examples it gave before "
+                                 "at this point of the epoch; was it changed?")
+        keep = np.flatnonzero(self._held_back(self._epoch, self._chunk - 1, count))
+        self._held = [previous[i] for i in keep]
+        self._held_positions = start + keep
+        self._read_start = start + count
+
+    def _load_chunk(self, source_state: dict | None) -> None:
+        """Read the next chunk from the source and plan it (from ``source_state`` when restoring).
+
+        The chunk is what the previous chunk held back plus a read that fills the buffer; with
+        :meth:`_holds_back` a random share of that read is held back for the next chunk (none once
+        the source ends)."""
+        if source_state is not None:
+            self._restore_held(source_state)
+            self._chunk_source_state = source_state
+        else:
+            # a restore of this chunk re-reads the previous chunk's read (see _restore_held)
+            held_from_previous = self._chunk > 0 and self._holds_back()
+            self._chunk_source_state = self._read_source_state if held_from_previous else self.source.state_dict()
+        self._read_source_state = self.source.state_dict()
+        carried, carried_positions = self._held, self._held_positions
+        read = self._read(self.buffer_size * self.world_size - len(carried))
+        if read and self.length_key not in read[0]:
+            raise MissingColumnError(self.length_key, list(read[0]))
+        read_positions = self._read_start + np.arange(len(read))
+        if self._boundaries is None and read:
+            # from the whole first read (held-back examples too): a larger sample than the chunk
+            self._ensure_boundaries(self._fitting(np.fromiter((it[self.length_key] for it in read),
+                                                              dtype=np.int64, count=len(read))))
+        back = self._held_back(self._epoch, self._chunk, len(read))
+        if self._exhausted:
+            back[:] = False  # nothing follows: plan everything now
+        now = np.flatnonzero(~back)
+        items = carried + [read[i] for i in now]
+        self._positions = np.concatenate([carried_positions, read_positions[now]])
+        held = np.flatnonzero(back)
+        self._held, self._held_positions = [read[i] for i in held], read_positions[held]
+        self._read_start += len(read)
         self._items = items
         self._lengths = np.fromiter((it[self.length_key] for it in items), dtype=np.int64, count=len(items))
         self._plan, chunk_stats = self._plan_for(self._lengths, self._epoch, self._chunk)
@@ -441,10 +538,8 @@ class BucketBatcher(BaseNode[list[dict]]):
 
     def _fetch(self, indices: np.ndarray) -> ExampleBatch | ColumnarBatch:
         limit = self._truncate_to
-        # map-style: the plan's indices are dataset rows; a stream: chunks hold buffer_size x world_size
-        # examples each (only the last one is shorter)
-        offset = 0 if self.indexed else self._chunk * self.buffer_size * self.world_size
-        positions = np.asarray(indices, dtype=np.int64) + offset
+        # map-style: the plan's indices are dataset rows; a stream: indices into the chunk's items
+        positions = np.asarray(indices, dtype=np.int64) if self.indexed else self._positions[indices]
         if self.columnar:
             truncate_to = limit if self.oversize == "truncate" else None
             return ColumnarBatch(self.source.take_table(indices), truncate_to=truncate_to, positions=positions)
@@ -477,9 +572,16 @@ class BucketBatcher(BaseNode[list[dict]]):
                 self._load_indexed_epoch()
             else:
                 self.source.reset(None)
+                self._held, self._held_positions, self._read_start = [], np.zeros(0, dtype=np.int64), 0
                 self._load_chunk(None)
             return
         epoch, chunk, position, stats, boundaries, source_state = self._parse_state(initial_state)
+        if not self.indexed and initial_state.get(self.STREAM_CUT_KEY) != self._stream_cut():
+            raise StateDictError(
+                f"this stream state was saved with {self.STREAM_CUT_KEY}="
+                f"{initial_state.get(self.STREAM_CUT_KEY)!r} (chunks cut another way: an earlier version of "
+                f"seqbucket_plugin, or another shuffle setting); this batcher cuts {self._stream_cut()!r}. "
+                "Start the epoch again rather than resume inside it.")
         self._epoch, self._chunk = epoch, chunk
         if boundaries is not None:
             self._boundaries = boundaries
@@ -572,9 +674,14 @@ class BucketBatcher(BaseNode[list[dict]]):
             self.CHUNK_KEY: self._chunk,
             self.POSITION_KEY: self._position,
             self.SOURCE_KEY: None if self.indexed else self._chunk_source_state,
+            self.STREAM_CUT_KEY: None if self.indexed else self._stream_cut(),
             self.BOUNDARIES_KEY: None if self._boundaries is None else self._boundaries.tolist(),
             self.STATS_KEY: self.stats.as_dict(),
         }
+
+    def _stream_cut(self) -> str:
+        """How a stream is cut into chunks, saved with the state (a restore must cut the same way)."""
+        return f"hold-back {self.HOLD_BACK:g}" if self._holds_back() else "contiguous"
 
     def enable_columnar(self) -> bool:
         """Yield :class:`ColumnarBatch` es (rows still in Arrow, for :func:`collate_table`) instead

@@ -18,7 +18,7 @@ Three exact execution strategies give the same results (to float rounding):
     directions of the one below. All indices come from the CPU lengths: no host-device
     synchronisation.
 
-``packed`` (the default on CUDA, where cuDNN's packed kernels are fast)
+``packed`` (``auto`` on CUDA, **unmeasured**: see :attr:`RecurrentEncoder.CUDA_RULE_MEASURED`)
     Each layer runs once over a :class:`~torch.nn.utils.rnn.PackedSequence`.
 
 ``padded_static`` (``auto`` on CPU for dense, e.g. bucketed, batches; ``auto`` and ``padded_exact``
@@ -94,11 +94,13 @@ class RecurrentEncoder(SequenceEncoder):
             per forward, training only; AWD-LSTM style).
         forget_bias: initial forget-gate bias of LSTMs (the two bias vectors sum to it).
         pooling: see :class:`~seqbucket_plugin.encoders.Pooler`.
-        strategy: ``"auto"`` (``packed`` on CUDA; elsewhere ``padded_static`` for batches at
-            least :attr:`static_min_density` real tokens, else ``padded_exact``; ``padded_static``
-            while compiling/exporting), ``"packed"``, ``"padded_exact"`` (run as
-            ``padded_static`` while compiling/exporting) or ``"padded_static"``; a per-call
-            ``strategy=`` overrides it.
+        strategy: ``"auto"`` (see :meth:`choose_strategy`: on the CPU ``padded_static`` for
+            batches at least :attr:`static_min_density` real tokens, else ``padded_exact``; on
+            CUDA the same rule with :attr:`cuda_dense_strategy`, :attr:`cuda_sparse_strategy` and
+            :attr:`cuda_static_min_density`, today ``packed`` for every batch, an unmeasured
+            choice; ``padded_static`` while compiling/exporting), ``"packed"``,
+            ``"padded_exact"`` (run as ``padded_static`` while compiling/exporting) or
+            ``"padded_static"``; a per-call ``strategy=`` overrides it.
         min_kernel_steps: in ``padded_exact``, the shortest run of time steps given to one kernel
             call (shorter length segments are merged).
     """
@@ -108,6 +110,17 @@ class RecurrentEncoder(SequenceEncoder):
     #: share of ``B x T`` (see :meth:`choose_strategy`). On a 2-core x86 CPU the two strategies
     #: cross between 0.6 and 0.8 (``python benchmarks/bench_encoders.py --crossover``).
     static_min_density: float = 0.75
+    #: ``auto`` on CUDA: ``cuda_dense_strategy`` for batches whose real tokens fill at least
+    #: ``cuda_static_min_density`` of ``B x T``, else ``cuda_sparse_strategy``. **Not measured on
+    #: a GPU yet** (``CUDA_RULE_MEASURED = False``): ``packed`` for both assumes cuDNN's packed
+    #: kernels win, and there is evidence against it (PyTorch issue #149194: LSTMs 5-100x slower
+    #: on ``PackedSequence``; cuDNN's persistent kernels serve padded input only).
+    #: ``python benchmarks/gpu_check.py`` measures the three strategies on bucketed and random
+    #: batches and a density sweep, and prints the values its measurements support.
+    cuda_dense_strategy: str = "packed"
+    cuda_sparse_strategy: str = "packed"
+    cuda_static_min_density: float = 0.75
+    CUDA_RULE_MEASURED: bool = False
 
     def __init__(
         self,
@@ -215,7 +228,7 @@ class RecurrentEncoder(SequenceEncoder):
     def default_strategy(self, device: torch.device) -> str:
         if torch.compiler.is_compiling():  # torch.compile and torch.export
             return "padded_static"
-        return "packed" if device.type == "cuda" else "padded_exact"
+        return self.cuda_sparse_strategy if device.type == "cuda" else "padded_exact"
 
     def resolve_strategy(self, strategy: str | None, device: torch.device) -> str:
         chosen = super().resolve_strategy(strategy, device)
@@ -226,21 +239,28 @@ class RecurrentEncoder(SequenceEncoder):
         return chosen
 
     def choose_strategy(self, strategy: str | None, x: torch.Tensor, lengths: torch.Tensor) -> str:
-        """``auto`` off CUDA: ``padded_static`` for a dense batch, else ``padded_exact``.
+        """``auto``: a dense batch's strategy or a sparse batch's, by the share of real tokens.
 
-        Dense means at least :attr:`static_min_density` of the ``B x T`` positions are real
-        tokens. There one fused kernel call per layer over the padding costs less than
-        ``padded_exact``'s per-length groups, reversal gathers and cell-state recomputation;
-        on sparse batches (random batches of long documents) skipping the padding wins.
-        Reads the CPU lengths only (no synchronisation).
+        Dense means at least :attr:`static_min_density` (CUDA: :attr:`cuda_static_min_density`)
+        of the ``B x T`` positions are real tokens. Off CUDA a dense batch runs
+        ``padded_static`` (one fused kernel call per layer over the padding costs less than
+        ``padded_exact``'s per-length groups, reversal gathers and cell-state recomputation) and
+        a sparse one ``padded_exact`` (random batches of long documents: skipping the padding
+        wins); measured on a 2-core CPU. On CUDA: :attr:`cuda_dense_strategy` /
+        :attr:`cuda_sparse_strategy`, ``packed`` for both until measured (see
+        :attr:`CUDA_RULE_MEASURED`). Reads the CPU lengths only (no synchronisation).
         """
         chosen = self.resolve_strategy(strategy, x.device)
-        if chosen != "padded_exact" or (strategy or self.strategy) != "auto":
+        if (strategy or self.strategy) != "auto" or torch.compiler.is_compiling():
             return chosen
+        if x.device.type == "cuda":
+            dense, sparse, threshold = self.cuda_dense_strategy, self.cuda_sparse_strategy, self.cuda_static_min_density
+        else:
+            dense, sparse, threshold = "padded_static", "padded_exact", self.static_min_density
         positions = x.size(0) * x.size(1)
-        if positions and int(lengths.sum()) >= self.static_min_density * positions:
-            return "padded_static"
-        return chosen
+        if positions and int(lengths.sum()) >= threshold * positions:
+            return dense
+        return sparse
 
     def encode(self, x, lengths, mask, strategy):
         B, T, _ = x.shape

@@ -78,7 +78,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--dataset", help="a Hugging Face Hub dataset name (needs internet), instead of files")
     data.add_argument("--max-length", type=int, help="truncate examples to this many tokens (0: no truncation)")
     batching = parser.add_argument_group("batching")
-    batching.add_argument("--max-tokens", type=int, help="token budget per batch, padding included")
+    batching.add_argument("--max-tokens", type=max_tokens_value,
+                          help="token budget per batch, padding included; 'auto' (CUDA only): the largest budget "
+                               "whose longest batches train within GPU memory, found by real training steps "
+                               "(seqbucket_plugin.training.budget)")
     batching.add_argument("--batch-size", type=int, help="fixed rows per batch (instead of --max-tokens)")
     batching.add_argument("--max-batch-size", type=int, help="at most this many rows per --max-tokens batch")
     batching.add_argument("--longest-first", action="store_true", default=None,
@@ -132,6 +135,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--predict", metavar="FILE",
                      help="predict with the trained model in --output-dir ('-' reads stdin); no training")
     run.add_argument("--predictions", metavar="FILE", help="where --predict writes JSON Lines (default stdout)")
+
+
+def max_tokens_value(text: str) -> int | str:
+    """``--max-tokens``: a positive int, or ``auto`` (the largest budget that fits the GPU)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'auto', got {text!r}") from None
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
