@@ -32,6 +32,7 @@ __all__ = [
     "UnknownLabelError",
     "__version__",
     "load_run",
+    "load_vectors",
 ]
 
 
@@ -41,4 +42,8 @@ def __getattr__(name: str):
         from seqbucket_plugin.runs import load_run
 
         return load_run
+    if name == "load_vectors":
+        from seqbucket_plugin.vectors import load_vectors
+
+        return load_vectors
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

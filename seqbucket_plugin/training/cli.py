@@ -21,7 +21,8 @@ __all__ = ["RecipeError", "add_common_arguments", "apply_chosen", "checkpoint_to
 CONFIG_FILE = "config.json"
 # options whose default is not in every config file
 BUILT_IN_DEFAULTS = {"amp": True, "progress": True, "resume": False, "grad_accum": 1, "nonfinite": "stop",
-                     "nonfinite_patience": 10, "longest_first": False}
+                     "nonfinite_patience": 10, "longest_first": False, "embeddings": None,
+                     "freeze_embeddings": False}
 
 
 # what one invocation does, never saved in config.json nor read from a config file
@@ -94,6 +95,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dropout", type=float)
     model.add_argument("--word-dropout", type=float,
                        help="training only: probability that a word is replaced by the unknown word")
+    model.add_argument("--embeddings", metavar="FILE",
+                       help="initialise the word embedding from pretrained vectors (word2vec text/binary, GloVe, "
+                            "fastText .vec; only the vocabulary's rows are read); sets --embedding-dim")
+    model.add_argument("--freeze-embeddings", action="store_true", default=None,
+                       help="keep the --embeddings vectors fixed in training")
     model.add_argument("--vocab-size", type=int)
     model.add_argument("--min-frequency", type=int)
     train = parser.add_argument_group("training")
