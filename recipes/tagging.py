@@ -58,7 +58,7 @@ from seqbucket_plugin.training.distributed import (
 )
 from seqbucket_plugin.training.fingerprint import run_fingerprint
 from seqbucket_plugin.training.metrics import is_span_scheme
-from seqbucket_plugin.training.model_options import check_embeddings, encoder_kwargs, pretrained_embedding
+from seqbucket_plugin.training.model_options import check_options, encoder_kwargs, pretrained_embedding
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 from seqbucket_plugin.training.tagging import (
     CharIds,
@@ -233,8 +233,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     t_start = time.perf_counter()
     recorder = DebugRecorder(ctx)
     args.resuming = checkpoint_to_resume(args, out)  # an unreadable checkpoint fails here, before any write
-    encoder_kwargs(args, encoder_options(args), quiet=not ctx.is_main)  # an option the encoder lacks, too
-    check_embeddings(args)  # and a bad --embeddings file
+    check_options(args, encoder_options(args), quiet=not ctx.is_main)  # encoder options, --embeddings, too
 
     # rank 0 first (it writes generated data, vocabularies, config); then the others read them
     if ctx.is_main:

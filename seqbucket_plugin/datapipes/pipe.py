@@ -134,8 +134,8 @@ class Pipe:
             MissingPadTokenError: the pipe's tokenizer has no padding token and no ``pad_id`` was
                 given (never padded silently with a real token's id).
         """
-        if "pad_id" not in kwargs and self.tokenizer is not None:
-            kwargs["pad_id"] = resolve_pad_id(self.tokenizer, None)
+        if self.tokenizer is not None or "pad_id" in kwargs:
+            kwargs["pad_id"] = resolve_pad_id(self.tokenizer, kwargs.get("pad_id"))
         if self.batcher is not None:
             kwargs.setdefault("pad_to_multiple_of", self.batcher.pad_to_multiple_of)
             if self.node is self.batcher:  # nothing in between reads the examples: stay in Arrow

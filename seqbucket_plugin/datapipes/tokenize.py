@@ -33,13 +33,16 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torchdata.nodes import BaseNode
+
+if TYPE_CHECKING:
+    import datasets
 
 from seqbucket_plugin.errors import (
     DataFormatError,
@@ -983,6 +986,47 @@ def _map_kwargs(batch_size: int, num_proc: int | None, cache_file_name: str | No
     return kwargs
 
 
+
+@overload
+def tokenize_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[False] = False,
+) -> datasets.Dataset: ...
+
+
+@overload
+def tokenize_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[True],
+) -> tuple[datasets.Dataset, TokenizeReport]: ...
+
+
 def tokenize_dataset(
     ds: Any,
     tokenizer: TextTokenizer | Tokenizer | Any,
@@ -999,7 +1043,7 @@ def tokenize_dataset(
     cache_file_name: str | None = None,
     load_from_cache_file: bool | None = None,
     return_report: bool = False,
-) -> Any:
+) -> datasets.Dataset | tuple[datasets.Dataset, TokenizeReport]:
     """Tokenize a text-classification ``datasets.Dataset`` with a cached batched ``map``.
 
     The map function is a deterministic picklable object, so a second call with the same
@@ -1088,6 +1132,53 @@ class _TaggedMapFn:
         return pa.table(cols)
 
 
+
+@overload
+def tokenize_tagged_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    tokens_column: str = "tokens",
+    tags_column: str = "tags",
+    subword: bool = False,
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    tag_to_id: Mapping[str, int] | None = None,
+    return_word_ids: bool | None = None,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[False] = False,
+) -> datasets.Dataset: ...
+
+
+@overload
+def tokenize_tagged_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    tokens_column: str = "tokens",
+    tags_column: str = "tags",
+    subword: bool = False,
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    tag_to_id: Mapping[str, int] | None = None,
+    return_word_ids: bool | None = None,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[True],
+) -> tuple[datasets.Dataset, TokenizeReport]: ...
+
+
 def tokenize_tagged_dataset(
     ds: Any,
     tokenizer: TextTokenizer | Tokenizer | Any,
@@ -1107,7 +1198,7 @@ def tokenize_tagged_dataset(
     cache_file_name: str | None = None,
     load_from_cache_file: bool | None = None,
     return_report: bool = False,
-) -> Any:
+) -> datasets.Dataset | tuple[datasets.Dataset, TokenizeReport]:
     """Tokenize a sequence-tagging dataset of pre-tokenized words (cached batched ``map``).
 
     * ``subword=False`` (word-level): exactly one id per word. Each word is normalised by

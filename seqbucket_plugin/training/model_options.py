@@ -14,7 +14,7 @@ from typing import Any
 from seqbucket_plugin.encoders.errors import UnknownEncoderError
 from seqbucket_plugin.encoders.registry import accepted_options, list_encoders, supported_options
 
-__all__ = ["check_embeddings", "encoder_kwargs", "pretrained_embedding"]
+__all__ = ["check_embeddings", "check_options", "encoder_kwargs", "pretrained_embedding"]
 
 # the value at which a recipe option asks nothing of the encoder
 _NEUTRAL = {"num_layers": 1, "dropout": 0.0, "input_dropout": 0.0}
@@ -108,3 +108,24 @@ def pretrained_embedding(args: argparse.Namespace, tokenizer: Any) -> Any:
           f"{embedding.coverage.summary()}")
     return embedding
 
+
+
+def check_options(args: argparse.Namespace, encoder_options: dict[str, tuple[str, Any]], *,
+                  quiet: bool = False) -> None:
+    """Every check a recipe runs before it writes anything: the encoder takes the options given
+    (:func:`encoder_kwargs`), ``--embeddings`` is a vectors file (:func:`check_embeddings`), and
+    ``--report-to tensorboard`` has its package.
+
+    Raises:
+        RecipeError, DataFormatError: naming the option.
+    """
+    from seqbucket_plugin.training.cli import RecipeError
+
+    encoder_kwargs(args, encoder_options, quiet=quiet)
+    check_embeddings(args)
+    if getattr(args, "report_to", "none") == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise RecipeError("--report-to tensorboard needs the tensorboard package: "
+                              "pip install 'seqbucket_plugin[tensorboard]'")
