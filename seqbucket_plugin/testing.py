@@ -407,6 +407,9 @@ def encoder_checks(encoder: str | Callable[..., Any], *, configs: Any = None,
                     raise
                 except AssertionError as err:
                     raise EncoderContractError(f"encoder {name!r} ({label}) fails {check_name}: {err}") from None
+                except Exception as err:  # a crash inside the encoder fails the check too
+                    raise EncoderContractError(f"encoder {name!r} ({label}) fails {check_name}: it raised "
+                                               f"{type(err).__name__}: {err}") from err
 
             pairs.append((f"{name}-{label}-{check_name}", run))
     return pairs
@@ -427,7 +430,7 @@ def check_encoder(encoder: str | Callable[..., Any], *, configs: Any = None, poo
 
     Raises:
         EncoderContractError: (an ``AssertionError``) at the first failing check, naming the
-            encoder, the configuration, the check and what differed.
+            encoder, the configuration, the check and what differed (or what the encoder raised).
         UnknownEncoderError: ``encoder`` is a name nothing is registered under.
     """
     for _, check in encoder_checks(encoder, configs=configs, pooling=pooling):
@@ -470,10 +473,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except AssertionError as err:
             failed += 1
             print(f"FAIL {ident}: {err}")
-            continue
-        except Exception as err:  # a crash inside the encoder is a failed check too
-            failed += 1
-            print(f"FAIL {ident}: {type(err).__name__}: {err}")
             continue
         print(f"ok   {ident}")
     print(f"{len(pairs) - failed} of {len(pairs)} checks passed")

@@ -74,7 +74,8 @@ def test_the_readme_example_runs_in_both_recipes(causal_conv, cls_data, tag_data
                                "--output-dir", str(out)])
     assert 0 <= metrics["test_accuracy"] <= 1
     # the config's defaults (--embedding-dropout 0.3) are left out, with a note
-    assert "note: --encoder causal-conv does not take --embedding-dropout" in capsys.readouterr().out
+    assert "note: --encoder causal-conv does not take --embedding-dropout; the config's default is not passed" \
+        in capsys.readouterr().out
     run = load_run(out)
     assert len(run.predict(["a superb film", "dull"])) == 2
     # the tagging config's defaults (2 layers, dropout between them) are left out too

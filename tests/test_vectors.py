@@ -110,8 +110,8 @@ def test_malformed_files_name_file_and_line(tmp_path):
         load_vectors(bad)
     assert load_vectors(bad, vocab=["cat"]).words == ["cat"]  # rows not kept are not parsed
     nan = tmp_path / "nan.txt"
-    nan.write_text("cat 1 x 3\n", encoding="utf-8")
-    with pytest.raises(DataFormatError, match="nan.txt:1: a value of 'cat' is not a number"):
+    nan.write_text("cat 1 2 3\ndog 1 x 3\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="nan.txt:2: a value of 'dog' is not a number"):
         load_vectors(nan)
     truncated = tmp_path / "t.bin"
     truncated.write_bytes(write_binary(tmp_path / "full.bin", _table()).read_bytes()[:-10])
@@ -135,8 +135,8 @@ def test_build_embedding_coverage_oov_and_freeze(tmp_path):
     assert isinstance(emb, PretrainedEmbedding) and isinstance(emb, torch.nn.Embedding)
     assert emb.weight.shape == (tok.vocab_size, DIM) and not emb.weight.requires_grad
     cov = emb.coverage
-    assert cov.words == tok.vocab_size - 4 and cov.found == 6  # the, cat, sat, on, mat, dog
-    assert set(cov.missing_examples) == {"a", "zebra"} and "6 of 8 words (75.0%)" in cov.summary()
+    assert cov.words == tok.vocab_size - 4 and cov.found == 7  # the, cat, sat, on, mat, dog, ran
+    assert set(cov.missing_examples) == {"a", "zebra"} and "7 of 9 words (77.8%)" in cov.summary()
     torch.testing.assert_close(emb.weight[tok.token_to_id("cat")], vectors["cat"])
     assert torch.all(emb.weight[tok.pad_id] == 0) and emb.padding_idx == tok.pad_id
     oov = emb.weight[tok.token_to_id("zebra")]

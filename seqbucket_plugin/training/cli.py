@@ -174,7 +174,7 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return f"{text} (default: {state})".strip()
         if action.option_strings and action.default is None:
             return f"{text} (default: none)".strip()
-        if "%(default)" in text or not action.option_strings:
+        if "%(default)" in text or not action.option_strings or action.default is argparse.SUPPRESS:
             return text
         return f"{text} (default: %(default)s)".strip()
 

@@ -54,14 +54,17 @@ def encoder_kwargs(args: argparse.Namespace, options: dict[str, tuple[str, Any]]
     for key in unknown:
         flag, value = options[key]
         dest = flag.lstrip("-").replace("-", "_")
-        if value is None or value == _NEUTRAL.get(key) or value == _config_default(args, dest):
+        if value is None or value == _NEUTRAL.get(key):
+            continue  # asks nothing of the encoder
+        if value == _config_default(args, dest):
             dropped.append(flag)
             continue
         accepted = sorted(accepted_options(name) or ())
         raise RecipeError(f"--encoder {name} does not take {flag} ({key}={value!r}); its factory accepts "
                           f"{accepted}. Leave {flag} out (or give the option the encoder takes)")
     if dropped and not quiet:
-        print(f"note: --encoder {name} does not take {', '.join(sorted(set(dropped)))}; not passed (defaults)")
+        print(f"note: --encoder {name} does not take {', '.join(sorted(set(dropped)))}; the config's "
+              "default is not passed")
     return kept
 
 
