@@ -1,5 +1,7 @@
 """seqbucket_plugin: length bucketing, packing and pack-aware recurrent encoders for PyTorch text."""
 
+from typing import TYPE_CHECKING
+
 from seqbucket_plugin.errors import (
     BatchOutOfMemoryError,
     CheckpointError,
@@ -14,6 +16,10 @@ from seqbucket_plugin.errors import (
     StateDictError,
     UnknownLabelError,
 )
+
+if TYPE_CHECKING:  # what type checkers see of the lazily imported names
+    from seqbucket_plugin.runs import load_run
+    from seqbucket_plugin.vectors import load_vectors
 
 __version__ = "0.1.0"
 
