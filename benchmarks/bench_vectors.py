@@ -3,7 +3,7 @@ no SUBJ text), then the classification recipe on SUBJ with a randomly initialise
 with those vectors fine-tuned and with them frozen, side by side in one run.
 
     pip install -e ".[bench]"          # gensim, for training the vectors
-    python benchmarks/bench_vectors.py                  # seeds 0 and 1, about 13 minutes on 2 cores
+    python benchmarks/bench_vectors.py                  # seeds 0 and 1, about 14 minutes on 2 cores
     python benchmarks/bench_vectors.py --seeds 0        # one seed
 
 Every recipe run passes only the data flags, ``--seed``, ``--device cpu --no-progress`` and, for

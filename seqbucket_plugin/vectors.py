@@ -257,9 +257,13 @@ def _parse_rows(rests: list[bytes], numbers: list[int], words: list[bytes], dim:
                 encoding: str) -> np.ndarray:
     """``(len(rests), dim)`` float32 from the value parts of text rows (counts already checked),
     parsed in one ``np.fromstring`` call; a value that is not a number is found row by row."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "could not be read to its end": checked below
-        values = np.fromstring(b" ".join(rests), dtype=np.float32, sep=" ")
+    try:
+        with warnings.catch_warnings():
+            # numpy < 2.3 warns and stops at a value that is not a number, newer ones raise
+            warnings.simplefilter("ignore", DeprecationWarning)
+            values = np.fromstring(b" ".join(rests), dtype=np.float32, sep=" ")
+    except ValueError:
+        values = np.zeros(0, dtype=np.float32)
     if values.size == len(rests) * dim:
         return values.reshape(len(rests), dim)
     for rest, number, word in zip(rests, numbers, words):
