@@ -105,6 +105,10 @@ def test_len_and_set_epoch(tok):
         len(stream)
 
 
+WORKERS_WARNING = "ignore:This DataLoader will create:UserWarning"  # a 1-core CI machine
+
+
+@pytest.mark.filterwarnings(WORKERS_WARNING)
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_dataloader_workers_split_the_epoch_without_duplicates(tok, num_workers):
     p = pipe(tok, keep_columns=["idx"])
@@ -124,6 +128,7 @@ def test_dataloader_workers_split_the_epoch_without_duplicates(tok, num_workers)
     assert second == [b["idx"].tolist() for b in reference] and second != got
 
 
+@pytest.mark.filterwarnings(WORKERS_WARNING)
 def test_a_stream_across_workers_is_a_clear_error(tok):
     stream = Pipe.from_hf(data().to_iterable_dataset()).tokenize(tok).bucket_batch(max_tokens=256).pack()
     with pytest.raises(WorkerSplitError, match="without duplicates"):

@@ -1457,6 +1457,8 @@ class TokenizeNode(BaseNode[dict]):
         outputs = ("input_ids", "length", "num_tokens", *extra)
         keep = [c for c in _resolve_keep(self.keep_columns, list(raw[0]), [c for c in drop if c is not None])
                 if c not in outputs]
+        for column in keep:  # a stream's examples may differ: every kept column must be in each
+            self._require(raw, column)
         out = []
         for i, ex in enumerate(raw):
             item = {k: ex[k] for k in keep} if keep else {}
