@@ -153,16 +153,18 @@ def vectors_dim(path: str | os.PathLike) -> int:
         if header[1] < 1:
             raise DataFormatError(f"header says the vectors have {header[1]} dimensions", path, 1)
         return header[1]
-    fields = first.rstrip().split(b" ")
-    if len(fields) < 2:
+    fields = first.split()
+    values = 0  # the trailing fields that are numbers (a word may hold spaces, or be a number itself)
+    for field in reversed(fields[1:]):
+        try:
+            float(field)
+        except ValueError:
+            break
+        values += 1
+    if values == 0:
         raise DataFormatError("not a word-vectors file: the first line is neither 'rows dim' nor "
-                              "'word v1 v2 ...'", path, 1)
-    try:
-        np.array(fields[1:], dtype=np.float32)
-    except ValueError as err:
-        raise DataFormatError(f"not a word-vectors file: the first line is neither 'rows dim' nor "
-                              f"'word v1 v2 ...' ({err})", path, 1) from err
-    return len(fields) - 1
+                              f"'word v1 v2 ...': {first[:80]!r}", path, 1)
+    return values
 
 
 def load_vectors(
@@ -183,7 +185,8 @@ def load_vectors(
     * word2vec binary (``.bin`` from the original tool or gensim's
       ``save_word2vec_format(binary=True)``): the same header, then per row the word, a space and
       ``dim`` little-endian float32;
-    * GloVe: no header; ``word v1 ... vdim`` per line.
+    * GloVe: no header; ``word v1 ... vdim`` per line. A row with more than ``dim`` fields is a
+      word with spaces (GloVe 840B has a few, such as ``". . ."``): the last ``dim`` are its values.
 
     The file is streamed (a binary file is memory-mapped): with ``vocab`` only rows whose word is
     in the vocabulary are parsed and kept, so a multi-GB file of millions of rows costs the
@@ -207,7 +210,7 @@ def load_vectors(
 
     Raises:
         FileNotFoundError: no such file.
-        DataFormatError: a malformed header or row (a kept row with the wrong number of values or
+        DataFormatError: a malformed header or row (a kept row with too few values or
             a value that is not a number; a truncated binary file), naming the file and line (the
             row number for binary files). Rows that are not kept are not parsed.
         ValueError: an unknown ``format``.
@@ -284,6 +287,8 @@ def _read_text(path: str, has_header: bool, dim: int, wanted: set[bytes] | None,
     numbers: list[int] = []
     raw_words: list[bytes] = []
     seen = 0
+    # a vocabulary word with a space can only be matched after splitting every row (slower)
+    spaced = wanted is None or any(b" " in w for w in wanted)
     with open(path, "rb", buffering=1 << 20) as f:
         if has_header:
             f.readline()
@@ -298,12 +303,19 @@ def _read_text(path: str, has_header: bool, dim: int, wanted: set[bytes] | None,
             seen += 1
             if lowercase:
                 word = word.decode(encoding, "surrogateescape").lower().encode(encoding, "surrogateescape")
+            if not spaced and ((wanted is not None and word not in wanted) or word in kept):
+                continue  # the common case: decided by the first field alone
+            values = rest.split()
+            if len(values) > dim:  # a word with spaces (GloVe 840B has some: ". . ."): the last dim are values
+                word = b" ".join([word, *values[:len(values) - dim]])
+                rest = b" ".join(values[len(values) - dim:])
+                if lowercase:
+                    word = word.decode(encoding, "surrogateescape").lower().encode(encoding, "surrogateescape")
             if (wanted is not None and word not in wanted) or word in kept:
                 continue
-            count = len(rest.split())
-            if count != dim:
-                raise DataFormatError(f"{word.decode(encoding, 'replace')!r} has {count} values, expected {dim}",
-                                      path, number)
+            if len(values) < dim:
+                raise DataFormatError(f"{word.decode(encoding, 'replace')!r} has {len(values)} values, "
+                                      f"expected {dim}", path, number)
             kept.add(word)
             words.append(word.decode(encoding, "surrogateescape"))
             rests.append(rest)

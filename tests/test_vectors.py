@@ -104,6 +104,11 @@ def test_a_large_file_costs_only_the_kept_rows(tmp_path):
 
 
 def test_malformed_files_name_file_and_line(tmp_path):
+    spaced = tmp_path / "glove840.txt"  # GloVe 840B has words with spaces
+    spaced.write_text(". . . 1 2 3\n. 4 5 6\nat mail@x.com 7 8 9\n", encoding="utf-8")
+    got = load_vectors(spaced, vocab={".", "at mail@x.com"})
+    assert got.words == [".", "at mail@x.com"] and got["."].tolist() == [4, 5, 6]
+    assert load_vectors(spaced).words == [". . .", ".", "at mail@x.com"]
     bad = tmp_path / "bad.txt"
     bad.write_text("2 3\ncat 1 2 3\ndog 1 2\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match=r"bad.txt:3: 'dog' has 2 values, expected 3"):
