@@ -34,7 +34,6 @@ import torch
 
 from seqbucket_plugin.datapipes import Pipe, load_sentences, load_tagging_splits, tokenize_tagged_dataset
 from seqbucket_plugin.datapipes.tokenize import TextTokenizer
-from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceTagger
 from seqbucket_plugin.runs import load_run
 from seqbucket_plugin.training import Trainer, write_tagging_data
@@ -65,6 +64,7 @@ from seqbucket_plugin.training.distributed import (
 )
 from seqbucket_plugin.training.fingerprint import run_fingerprint
 from seqbucket_plugin.training.metrics import is_span_scheme
+from seqbucket_plugin.training.model_options import check_options, encoder_kwargs, pretrained_embedding
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 from seqbucket_plugin.training.tagging import (
     CharIds,
@@ -173,18 +173,23 @@ def use_chars(args) -> bool:
     return bool(args.char_encoder) and str(args.char_encoder).lower() != "none"
 
 
+def encoder_options(args) -> dict:
+    """The recipe's encoder options: factory keyword -> (flag, value); see encoder_kwargs."""
+    return {"num_layers": ("--num-layers", args.num_layers),
+            "dropout": ("--dropout", args.dropout if args.num_layers > 1 else 0.0)}
+
+
 def build_model(args, vocab_size: int, num_tags: int, num_chars: int, pad_id: int,
-                unk_id: int | None) -> SequenceTagger:
-    """Step 4: word embedding (+ char CNN/BiLSTM) -> encoder -> per-token scores (softmax or CRF)."""
-    if args.encoder not in list_encoders(include_aliases=True):
-        raise RecipeError(f"--encoder {args.encoder!r} is not registered; choose from {list_encoders()}")
+                unk_id: int | None, embedding=None) -> SequenceTagger:
+    """Step 4: word embedding (pretrained with --embeddings; + char CNN/BiLSTM) -> encoder ->
+    per-token scores (softmax or CRF)."""
     char_kwargs = None
     if use_chars(args):
         key = "num_filters" if args.char_encoder == "cnn" else "hidden_size"
         char_kwargs = {"char_dim": args.char_dim, key: args.char_filters}
     return SequenceTagger(
         vocab_size, num_tags, embedding_dim=args.embedding_dim, hidden_size=args.hidden_size, encoder=args.encoder,
-        encoder_kwargs={"num_layers": args.num_layers, "dropout": args.dropout if args.num_layers > 1 else 0.0},
+        encoder_kwargs=encoder_kwargs(args, encoder_options(args), quiet=True), embedding=embedding,
         char_encoder=args.char_encoder if use_chars(args) else None, num_chars=num_chars, char_kwargs=char_kwargs,
         decoder=args.decoder, dropout=args.dropout, padding_idx=pad_id, word_dropout=args.word_dropout or 0.0,
         unk_idx=unk_id,
@@ -235,6 +240,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     recorder = DebugRecorder(ctx)
     check_auto_max_tokens(args, device)  # --max-tokens auto needs CUDA: refused before anything is written
     args.resuming = checkpoint_to_resume(args, out)  # an unreadable checkpoint fails here, before any write
+    check_options(args, encoder_options(args), quiet=not ctx.is_main)  # encoder options, --embeddings, too
 
     # rank 0 first (it writes generated data, vocabularies, config); then the others read them
     if ctx.is_main:
@@ -257,7 +263,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     settle_settings(args, chosen, out, task="tagging", num_examples=len(tokenized["train"]),  # schedule, config
                     batches_per_epoch=train_pipe.batcher.num_batches(0), ctx=ctx)
     model = build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id,  # 4. model
-                        tokenizer.unk_id)
+                        tokenizer.unk_id, pretrained_embedding(args, tokenizer))
     naive = args.batching == "naive"
 
     config = train_config(args)

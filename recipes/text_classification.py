@@ -37,7 +37,6 @@ from seqbucket_plugin.datapipes import (
     load_texts,
     tokenize_dataset,
 )
-from seqbucket_plugin.encoders import list_encoders
 from seqbucket_plugin.heads import SequenceClassifier
 from seqbucket_plugin.runs import load_run
 from seqbucket_plugin.training import Trainer, write_classification_data
@@ -71,6 +70,7 @@ from seqbucket_plugin.training.distributed import (
     world_size_from_env,
 )
 from seqbucket_plugin.training.fingerprint import run_fingerprint
+from seqbucket_plugin.training.model_options import check_options, encoder_kwargs, pretrained_embedding
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "text_classification.json")
@@ -190,17 +190,21 @@ def make_pipe(args, dataset: datasets.Dataset, tokenizer: TextTokenizer, device:
     return pipe
 
 
-def build_model(args, vocab_size: int, num_classes: int, pad_id: int, unk_id: int | None) -> SequenceClassifier:
-    """Step 4: embedding -> encoder -> pooling -> MLP."""
-    if args.encoder not in list_encoders(include_aliases=True):
-        raise RecipeError(f"--encoder {args.encoder!r} is not registered; choose from {list_encoders()}")
+def build_model(args, vocab_size: int, num_classes: int, pad_id: int, unk_id: int | None,
+                embedding=None) -> SequenceClassifier:
+    """Step 4: embedding (pretrained with --embeddings) -> encoder -> pooling -> MLP."""
     return SequenceClassifier(
         vocab_size, num_classes, embedding_dim=args.embedding_dim, hidden_size=args.hidden_size,
         encoder=args.encoder, pooling=args.pooling, dropout=args.dropout, padding_idx=pad_id,
-        word_dropout=args.word_dropout or 0.0, unk_idx=unk_id,
-        encoder_kwargs={"num_layers": args.num_layers, "input_dropout": args.embedding_dropout,
-                        "dropout": args.dropout if args.num_layers > 1 else 0.0},
+        word_dropout=args.word_dropout or 0.0, unk_idx=unk_id, embedding=embedding,
+        encoder_kwargs=encoder_kwargs(args, encoder_options(args), quiet=True),
     )
+
+
+def encoder_options(args) -> dict:
+    """The recipe's encoder options: factory keyword -> (flag, value); see encoder_kwargs."""
+    return {"num_layers": ("--num-layers", args.num_layers), "input_dropout": ("--embedding-dropout",
+            args.embedding_dropout), "dropout": ("--dropout", args.dropout if args.num_layers > 1 else 0.0)}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -246,6 +250,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     recorder = DebugRecorder(ctx)
     check_auto_max_tokens(args, device)  # --max-tokens auto needs CUDA: refused before anything is written
     args.resuming = checkpoint_to_resume(args, out)  # an unreadable checkpoint fails here, before any write
+    check_options(args, encoder_options(args), quiet=not ctx.is_main)  # encoder options, --embeddings, too
 
     # rank 0 first (it writes generated data, tokenizer, config); then the others read them
     if ctx.is_main:
@@ -267,7 +272,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
     settle_settings(args, chosen, out, task="classification", num_examples=len(tokenized["train"]),  # schedule, config
                     batches_per_epoch=train_pipe.batcher.num_batches(0), ctx=ctx)
     model = build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id,  # 4. model
-                        tokenizer.unk_id)
+                        tokenizer.unk_id, pretrained_embedding(args, tokenizer))
     naive = args.batching == "naive"
 
     config = train_config(args)

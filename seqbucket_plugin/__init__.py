@@ -1,5 +1,7 @@
 """seqbucket_plugin: length bucketing, packing and pack-aware recurrent encoders for PyTorch text."""
 
+from typing import TYPE_CHECKING
+
 from seqbucket_plugin.errors import (
     BatchOutOfMemoryError,
     CheckpointError,
@@ -14,6 +16,10 @@ from seqbucket_plugin.errors import (
     StateDictError,
     UnknownLabelError,
 )
+
+if TYPE_CHECKING:  # what type checkers see of the lazily imported names
+    from seqbucket_plugin.runs import load_run
+    from seqbucket_plugin.vectors import load_vectors
 
 __version__ = "0.1.0"
 
@@ -32,6 +38,7 @@ __all__ = [
     "UnknownLabelError",
     "__version__",
     "load_run",
+    "load_vectors",
 ]
 
 
@@ -41,4 +48,8 @@ def __getattr__(name: str):
         from seqbucket_plugin.runs import load_run
 
         return load_run
+    if name == "load_vectors":
+        from seqbucket_plugin.vectors import load_vectors
+
+        return load_vectors
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

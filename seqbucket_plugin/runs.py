@@ -139,6 +139,14 @@ def _registered_encoder(name: str) -> None:
         raise ValueError(f"encoder {name!r} is not registered here; registered: {list_encoders()}")
 
 
+def _encoder_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's encoder options that its encoder takes (a custom encoder may take no num_layers;
+    the recipe then trained it without)."""
+    from seqbucket_plugin.encoders.registry import supported_options
+
+    return supported_options(config["encoder"], {"num_layers": config["num_layers"]})[0]
+
+
 def _pooling(value: str) -> None:
     from seqbucket_plugin.encoders.pooling import parse_pooling
 
@@ -468,7 +476,7 @@ class ClassificationPredictor(RunPredictor):
         return SequenceClassifier(
             self.tokenizer.vocab_size, len(self.labels), embedding_dim=c["embedding_dim"],
             hidden_size=c["hidden_size"], encoder=c["encoder"], pooling=c["pooling"],
-            padding_idx=self.tokenizer.pad_id, encoder_kwargs={"num_layers": c["num_layers"]})
+            padding_idx=self.tokenizer.pad_id, encoder_kwargs=_encoder_kwargs(c))
 
     def tokenize(self, texts: list[str]):
         """The texts as the run's training tokenized them (``max_length``, ``truncation``)."""
@@ -548,7 +556,7 @@ class TaggingPredictor(RunPredictor):
             char_kwargs = {"char_dim": c["char_dim"], key: c["char_filters"]}
         return SequenceTagger(
             self.tokenizer.vocab_size, len(self.labels), embedding_dim=c["embedding_dim"],
-            hidden_size=c["hidden_size"], encoder=c["encoder"], encoder_kwargs={"num_layers": c["num_layers"]},
+            hidden_size=c["hidden_size"], encoder=c["encoder"], encoder_kwargs=_encoder_kwargs(c),
             char_encoder=c["char_encoder"] if self.uses_chars else None,
             num_chars=len(self.chars) if self.chars is not None else None, char_kwargs=char_kwargs,
             decoder=c["decoder"], padding_idx=self.tokenizer.pad_id)

@@ -84,10 +84,10 @@ NODE_FACTORIES = {
     "BucketBatcher/no-shuffle": lambda: BucketBatcher(_map_source(), max_tokens=128, shuffle=False),
     "Pack/map": lambda: Pack(BucketBatcher(_map_source(), max_tokens=128), pad_to_multiple_of=8),
     "Pack/stream": lambda: Pack(BucketBatcher(_stream_source(), max_tokens=128, buffer_size=100)),
-    "TokenizeNode": lambda: TokenizeNode(_text_stream(), TOKENIZER, batch_size=16, max_length=20),
+    "TokenizeNode": lambda: TokenizeNode(_text_stream(), TOKENIZER, batch_size=16, max_length=20, keep_columns="all"),
     "Pipe/stream/tokenize+bucket+pack": lambda: Pipe.from_hf(
         datasets.Dataset.from_list(TEXTS).to_iterable_dataset(num_shards=2)
-    ).tokenize(TOKENIZER, batch_size=32).bucket_batch(max_tokens=64, buffer_size=50).pack().node,
+    ).tokenize(TOKENIZER, batch_size=32, keep_columns="all").bucket_batch(max_tokens=64, buffer_size=50).pack().node,
     "Pipe/map/tokenize+bucket+pack+prefetch": lambda: Pipe.from_hf(datasets.Dataset.from_list(TEXTS))
     .tokenize(TOKENIZER, keep_columns=["id"]).bucket_batch(max_tokens=64).pack().prefetch(2).node,
 }

@@ -463,7 +463,7 @@ def test_tagged_truncation_counts(wp_tok):
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
 def test_node_contract_list_source(word_tok, batch_size):
     rows = _imdb_like(11)
-    node = TokenizeNode(IterableWrapper(rows), word_tok, batch_size=batch_size, max_length=6)
+    node = TokenizeNode(IterableWrapper(rows), word_tok, batch_size=batch_size, max_length=6, keep_columns=["id"])
     check_save_load_state(node, 4)
     items = list(Loader(node))
     assert [it["id"] for it in items] == [r["id"] for r in rows]
@@ -476,7 +476,7 @@ def test_node_contract_list_source(word_tok, batch_size):
 
 def test_node_state_is_chunk_start_plus_offset(word_tok):
     rows = _imdb_like(10)
-    node = TokenizeNode(IterableWrapper(rows), word_tok, batch_size=4)
+    node = TokenizeNode(IterableWrapper(rows), word_tok, batch_size=4, keep_columns="all")
     loader = Loader(node)
     it = iter(loader)
     for _ in range(6):
@@ -485,7 +485,7 @@ def test_node_state_is_chunk_start_plus_offset(word_tok):
     inner = state["root"] if "root" in state else state
     assert inner[TokenizeNode.OFFSET_KEY] == 2
     assert inner[TokenizeNode.REPORT_KEY]["examples"] == 6
-    fresh = TokenizeNode(IterableWrapper(rows), word_tok, batch_size=4)
+    fresh = TokenizeNode(IterableWrapper(rows), word_tok, batch_size=4, keep_columns="all")
     fresh.reset(inner)
     assert fresh.report.examples == 6
     assert [x["id"] for x in fresh] == [r["id"] for r in rows[6:]]
@@ -500,7 +500,7 @@ def test_node_contract_streaming_hf_dataset(word_tok, make):
         ids = datasets.Dataset.from_list(rows).to_iterable_dataset(num_shards=2)
     else:
         ids = datasets.IterableDataset.from_generator(_gen_rows, gen_kwargs={"n": 13})
-    node = TokenizeNode(FreshIterableWrapper(ids), word_tok, batch_size=4, max_length=5)
+    node = TokenizeNode(FreshIterableWrapper(ids), word_tok, batch_size=4, max_length=5, keep_columns=["id"])
     check_save_load_state(node, 6)
     assert [x["id"] for x in Loader(node)] == [r["id"] for r in rows]
 
@@ -512,7 +512,8 @@ def _gen_rows(n):
 def test_node_tagging_contract(wp_tok):
     rows = [{"tokens": t, "tags": g, "sid": i} for i, (t, g) in enumerate(zip(TAGGED["tokens"] * 3,
                                                                               TAGGED["tags"] * 3))]
-    node = TokenizeNode(IterableWrapper(rows), wp_tok, tokens_column="tokens", subword=True, batch_size=2)
+    node = TokenizeNode(IterableWrapper(rows), wp_tok, tokens_column="tokens", subword=True, batch_size=2,
+                        keep_columns=["sid"])
     check_save_load_state(node, 4)
     items = list(Loader(node))
     ref = tokenize_tagged_dataset(datasets.Dataset.from_list(rows), wp_tok, subword=True)

@@ -354,6 +354,7 @@ class BucketBatcher(BaseNode[list[dict]]):
         self._plan: list[np.ndarray] = []
         self._truncate_to = self._budget_length()
         self._exhausted = False
+        self._worker, self._num_workers = 0, 1
         self.stats = BatchingStats()
 
     # ------------------------------------------------------------------ planning
@@ -656,6 +657,11 @@ class BucketBatcher(BaseNode[list[dict]]):
             self._chunk += 1
             self._position = 0
             self._load_chunk(None)
+        if self._num_workers > 1:  # a DataLoader worker builds only its own share of the batches
+            while self._position < len(self._plan) and self._position % self._num_workers != self._worker:
+                self._position += 1
+            if self._position >= len(self._plan):
+                raise StopIteration
         indices = self._plan[self._position]
         self._position += 1
         batch = self._fetch(indices)
@@ -694,6 +700,33 @@ class BucketBatcher(BaseNode[list[dict]]):
     def boundaries(self) -> np.ndarray | None:
         """Bucket upper edges in use (int64, ascending), or None before they are estimated."""
         return None if self._boundaries is None else self._boundaries.copy()
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch being iterated, or the one the next ``reset()`` starts when none is in progress."""
+        if self._epoch < 0:
+            return 0
+        return self._epoch if self._position < len(self._plan) else self._epoch + 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next fresh ``reset()`` (the next ``iter()`` of a loader) start epoch ``epoch``,
+        whose batches and order are drawn from ``(seed, epoch)``; like
+        ``DistributedSampler.set_epoch``. A saved state restores its own epoch regardless."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch = epoch - 1
+        self._plan = []
+        self._position = 0
+
+    def split_workers(self, worker: int, num_workers: int) -> None:
+        """Yield only batches ``worker, worker + num_workers, ...`` of each epoch's plan (what a
+        ``torch.utils.data`` worker of :meth:`Pipe.as_iterable_dataset` runs); the others are
+        skipped before any example is fetched. Map-style sources only."""
+        if not self.indexed:
+            raise TypeError("only a map-style BucketBatcher can be split across workers")
+        if not 0 <= worker < num_workers:
+            raise ValueError(f"worker {worker} is not in [0, {num_workers})")
+        self._worker, self._num_workers = worker, num_workers
 
     def num_batches(self, epoch: int = 0) -> int:
         """Batches this rank yields in ``epoch`` (map-style sources only; plans without iterating)."""

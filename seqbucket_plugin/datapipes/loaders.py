@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import datasets
 import numpy as np
@@ -139,6 +139,37 @@ class LoadReport:
 # --------------------------------------------------------------------------------------------------
 
 
+
+@overload
+def load_classification(
+    path: PathLike,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    column_names: Sequence[str] | None = None,
+    format: str | None = None,
+    label_names: Sequence[str] | None = None,
+    empty_policy: str = "drop",
+    return_report: Literal[False] = False,
+    cache_dir: PathLike | None = None,
+) -> Dataset: ...
+
+
+@overload
+def load_classification(
+    path: PathLike,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    column_names: Sequence[str] | None = None,
+    format: str | None = None,
+    label_names: Sequence[str] | None = None,
+    empty_policy: str = "drop",
+    return_report: Literal[True],
+    cache_dir: PathLike | None = None,
+) -> tuple[Dataset, LoadReport]: ...
+
+
 def load_classification(
     path: PathLike,
     *,
@@ -213,6 +244,31 @@ def load_classification(
     return (dataset, report) if return_report else dataset
 
 
+
+@overload
+def load_classification_splits(
+    train_file: PathLike,
+    dev_file: PathLike | None = None,
+    test_file: PathLike | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[False] = False,
+    **options: Any,
+) -> DatasetDict: ...
+
+
+@overload
+def load_classification_splits(
+    train_file: PathLike,
+    dev_file: PathLike | None = None,
+    test_file: PathLike | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[True],
+    **options: Any,
+) -> tuple[DatasetDict, dict[str, LoadReport]]: ...
+
+
 def load_classification_splits(
     train_file: PathLike,
     dev_file: PathLike | None = None,
@@ -237,6 +293,29 @@ def load_classification_splits(
 # --------------------------------------------------------------------------------------------------
 # Public API: tagging
 # --------------------------------------------------------------------------------------------------
+
+
+
+@overload
+def load_conllu(
+    path: PathLike,
+    *,
+    tag: str = "upos",
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[False] = False,
+    cache_dir: PathLike | None = None,
+) -> Dataset: ...
+
+
+@overload
+def load_conllu(
+    path: PathLike,
+    *,
+    tag: str = "upos",
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[True],
+    cache_dir: PathLike | None = None,
+) -> tuple[Dataset, LoadReport]: ...
 
 
 def load_conllu(
@@ -279,6 +358,31 @@ def load_conllu(
     return (dataset, report) if return_report else dataset
 
 
+
+@overload
+def load_conll_columns(
+    path: PathLike,
+    *,
+    token_column: int = 0,
+    tag_column: int = -1,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[False] = False,
+    cache_dir: PathLike | None = None,
+) -> Dataset: ...
+
+
+@overload
+def load_conll_columns(
+    path: PathLike,
+    *,
+    token_column: int = 0,
+    tag_column: int = -1,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[True],
+    cache_dir: PathLike | None = None,
+) -> tuple[Dataset, LoadReport]: ...
+
+
 def load_conll_columns(
     path: PathLike,
     *,
@@ -313,6 +417,35 @@ def load_conll_columns(
     return (dataset, report) if return_report else dataset
 
 
+
+@overload
+def load_tagging(
+    path: PathLike,
+    *,
+    format: str | None = None,
+    tag: str = "upos",
+    token_column: int = 0,
+    tag_column: int = -1,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[False] = False,
+    cache_dir: PathLike | None = None,
+) -> Dataset: ...
+
+
+@overload
+def load_tagging(
+    path: PathLike,
+    *,
+    format: str | None = None,
+    tag: str = "upos",
+    token_column: int = 0,
+    tag_column: int = -1,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[True],
+    cache_dir: PathLike | None = None,
+) -> tuple[Dataset, LoadReport]: ...
+
+
 def load_tagging(
     path: PathLike,
     *,
@@ -335,6 +468,31 @@ def load_tagging(
     if fmt == "conll":
         return load_conll_columns(path, token_column=token_column, tag_column=tag_column, **common)
     raise LoaderConfigError(f"tagging format must be 'conllu' or 'conll', got {fmt!r}")
+
+
+
+@overload
+def load_tagging_splits(
+    train_file: PathLike,
+    dev_file: PathLike | None = None,
+    test_file: PathLike | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[False] = False,
+    **options: Any,
+) -> DatasetDict: ...
+
+
+@overload
+def load_tagging_splits(
+    train_file: PathLike,
+    dev_file: PathLike | None = None,
+    test_file: PathLike | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
+    return_report: Literal[True],
+    **options: Any,
+) -> tuple[DatasetDict, dict[str, LoadReport]]: ...
 
 
 def load_tagging_splits(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,14 @@ LABEL_PAD_ID = -100
 @dataclasses.dataclass
 class PackedBatch:
     """A padded batch of sequences sorted by length, longest first.
+
+    Also read like a mapping, as Hugging Face's ``BatchEncoding`` is: ``batch["input_ids"]``,
+    ``batch.keys()`` = ``input_ids``, ``attention_mask``, ``lengths``, ``labels`` (when set) and
+    the ``extras`` names (``items()``, ``values()``, ``get()``, ``in`` too), so ``model(**batch)``
+    calls a ``forward`` taking those names (the heads' ``forward`` does) and ``dict(batch)`` works.
+    It is deliberately not a ``collections.abc.Mapping`` and has no ``len()``: ``DataLoader`` and
+    ``pin_memory`` would turn a Mapping into a plain dict and drop the permutations;
+    :attr:`batch_size` is the number of rows.
 
     Attributes:
         input_ids: ``(B, T)`` int64, right-padded with ``pad_id``; ``T`` is the longest length,
@@ -65,8 +73,50 @@ class PackedBatch:
     pad_id: int = 0
     positions: torch.Tensor | None = None
 
+    # ---- mapping-style access ---------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """``input_ids``, ``attention_mask``, ``lengths``, ``labels`` (when set), then the extras."""
+        return self._names()
+
+    def values(self) -> list[Any]:
+        return [self[k] for k in self._names()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, self[k]) for k in self._names()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def _names(self) -> list[str]:
+        names = ["input_ids", "attention_mask", "lengths"]
+        if self.labels is not None:
+            names.append("labels")
+        return names + [k for k in self.extras if k not in names]
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "attention_mask":
+            return self.attention_mask
+        if key in ("input_ids", "lengths") or (key == "labels" and self.labels is not None):
+            return getattr(self, key)
+        if key in self.extras:
+            return self.extras[key]
+        raise KeyError(f"{key!r}: a PackedBatch holds {self._names()}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._names()
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``(B, T)`` int64, 1 at real tokens and 0 at padding (Hugging Face's convention), on the
+        device of ``input_ids``; :attr:`mask` is the same as bool."""
+        return self.mask.long()
+
     @property
     def batch_size(self) -> int:
+        """Rows in the batch (``B``)."""
         return int(self.input_ids.shape[0])
 
     @property
@@ -95,13 +145,26 @@ class PackedBatch:
             extras=extras,
         )
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> PackedBatch:
-        """A copy with ``input_ids``, ``labels`` and tensor extras on ``device``.
+    def to(self, device: torch.device | str | int | torch.dtype | None = None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> PackedBatch:
+        """A copy with ``input_ids``, ``labels`` and tensor extras on ``device``, floating-point
+        extras (e.g. ``inputs_embeds``) cast to ``dtype``; ids, labels and other integer tensors
+        keep their dtype (as ``nn.Module.to`` and ``BatchEncoding.to`` do). ``to(torch.float16)``
+        casts without moving.
 
         ``lengths`` and the permutations stay on the CPU: packing needs CPU lengths, and keeping
         them there avoids a device-to-host synchronisation in every forward.
         """
-        return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"PackedBatch.to: dtype must be a floating-point dtype, got {dtype}")
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            cast = dtype if dtype is not None and t.is_floating_point() else None
+            return t.to(device=device, dtype=cast, non_blocking=non_blocking)
+
+        return self._map_tensors(move)
 
     def pin_memory(self) -> PackedBatch:
         """A copy in pinned host memory (what ``torchdata.nodes.PinMemory`` calls)."""

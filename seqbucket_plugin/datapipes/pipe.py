@@ -7,10 +7,13 @@ any other torchdata node) and ``.loader()`` wraps it in a :class:`torchdata.node
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import datasets
+import torch
+import torch.utils.data
 from torchdata.nodes import BaseNode, Loader, Mapper, ParallelMapper, PinMemory, Prefetcher
 
 from seqbucket_plugin.datapipes.bucketing import BatchingStats, BucketBatcher
@@ -19,12 +22,27 @@ from seqbucket_plugin.datapipes.sources import MapDatasetSource, from_hf
 from seqbucket_plugin.datapipes.tokenize import (
     TextTokenizer,
     TokenizeNode,
+    as_text_tokenizer,
+    resolve_pad_id,
     tokenize_dataset,
     tokenize_tagged_dataset,
 )
-from seqbucket_plugin.errors import StateDictError
+from seqbucket_plugin.errors import SeqBucketError, StateDictError
 
-__all__ = ["Pipe", "PipeLoader"]
+__all__ = ["Pipe", "PipeIterableDataset", "PipeLoader", "WorkerSplitError"]
+
+
+class WorkerSplitError(SeqBucketError, RuntimeError):
+    """A pipe cannot be split across ``torch.utils.data.DataLoader`` workers without duplicates."""
+
+
+def _batches_per_epoch(batcher: BucketBatcher | None, what: str) -> int:
+    """This rank's batches in the epoch being iterated (or the next one, between epochs)."""
+    if batcher is None:
+        raise TypeError(f"len() of a {what} needs bucket_batch(...) in the chain (it counts batches)")
+    if not batcher.indexed:
+        raise TypeError(f"len() of a streaming {what}: a stream's number of batches is known only at its end")
+    return batcher.num_batches(batcher.current_epoch)
 
 
 class PipeLoader(Loader):
@@ -35,6 +53,21 @@ class PipeLoader(Loader):
     :class:`~seqbucket_plugin.errors.StateDictError` at ``load_state_dict`` instead; the nodes
     validate their own parts when the state is applied.
     """
+
+    batcher: BucketBatcher | None = None
+    """The pipe's batcher (set by :meth:`Pipe.loader`); ``len()`` and ``set_epoch`` use it."""
+
+    def __len__(self) -> int:
+        """This rank's batches per epoch (map-style pipes with a batcher; ``TypeError`` otherwise)."""
+        return _batches_per_epoch(self.batcher, "loader")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next epoch (the next ``iter()``) epoch ``epoch``: its shuffling and batches are
+        those of ``(seed, epoch)``, as ``DistributedSampler.set_epoch`` does. Without it epochs
+        count 0, 1, 2... by themselves."""
+        if self.batcher is None:
+            raise TypeError("set_epoch needs bucket_batch(...) in the chain")
+        self.batcher.set_epoch(epoch)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, dict) or not {"root", "num_yielded"} <= set(state_dict):
@@ -66,13 +99,17 @@ class Pipe:
         """Start from any ``torchdata.nodes`` node yielding dict examples."""
         return cls(node)
 
-    def tokenize(self, tokenizer: TextTokenizer, **kwargs: Any) -> Pipe:
+    def tokenize(self, tokenizer: TextTokenizer | Any, **kwargs: Any) -> Pipe:
         """Tokenize: a cached batched ``Dataset.map`` on map-style data, a :class:`TokenizeNode` otherwise.
 
-        With ``tokens_column=`` the examples are pre-tokenized words with tags (tagging); other
-        keyword arguments go to :func:`tokenize_dataset` / :func:`tokenize_tagged_dataset`
-        (map-style) or :class:`TokenizeNode` (streaming).
+        ``tokenizer``: a :class:`TextTokenizer`, a ``tokenizers.Tokenizer`` or a ``transformers``
+        fast tokenizer (see :func:`~.tokenize.as_text_tokenizer`). With ``tokens_column=`` the
+        examples are pre-tokenized words with tags (tagging); other keyword arguments
+        (``keep_columns=`` included, with the same meaning on both) go to
+        :func:`tokenize_dataset` / :func:`tokenize_tagged_dataset` (map-style) or
+        :class:`TokenizeNode` (streaming).
         """
+        tokenizer = as_text_tokenizer(tokenizer)
         if isinstance(self.node, MapDatasetSource):
             if "tokens_column" in kwargs:
                 tokenized = tokenize_tagged_dataset(self.node.dataset, tokenizer, **kwargs)
@@ -92,9 +129,13 @@ class Pipe:
         ``num_workers`` > 0 collates in a ``torchdata.nodes.ParallelMapper`` of that many threads
         or processes (``method``), in order and with the same resumable state as in-line
         collation. On a small CPU in-line collation is usually faster (see the benchmarks).
+
+        Raises:
+            MissingPadTokenError: the pipe's tokenizer has no padding token and no ``pad_id`` was
+                given (never padded silently with a real token's id).
         """
-        if "pad_id" not in kwargs and self.tokenizer is not None and self.tokenizer.pad_id is not None:
-            kwargs["pad_id"] = self.tokenizer.pad_id
+        if self.tokenizer is not None or "pad_id" in kwargs:
+            kwargs["pad_id"] = resolve_pad_id(self.tokenizer, kwargs.get("pad_id"))
         if self.batcher is not None:
             kwargs.setdefault("pad_to_multiple_of", self.batcher.pad_to_multiple_of)
             if self.node is self.batcher:  # nothing in between reads the examples: stay in Arrow
@@ -118,12 +159,57 @@ class Pipe:
         return self._then(Prefetcher(self.node, prefetch_factor=prefetch_factor))
 
     def pin_memory(self, device: str = "") -> Pipe:
-        """Copy items (e.g. :class:`PackedBatch`) to pinned memory in a background thread (CUDA only)."""
+        """Copy items (e.g. :class:`PackedBatch`) to pinned memory in a background thread.
+
+        Without CUDA there is no pinned memory: like ``torch.utils.data.DataLoader(pin_memory=True)``
+        this warns (a ``UserWarning``) and passes the batches through unchanged.
+        """
+        if not torch.cuda.is_available():
+            warnings.warn("pin_memory() without CUDA: batches are passed through unpinned", UserWarning,
+                          stacklevel=2)
+            return self._then(self.node)
         return self._then(PinMemory(self.node, pin_memory_device=device))
 
     def loader(self, *, restart_on_stop_iteration: bool = True) -> PipeLoader:
-        """A :class:`torchdata.nodes.Loader` over the chain (a :class:`PipeLoader`): iterate it once per epoch."""
-        return PipeLoader(self.node, restart_on_stop_iteration=restart_on_stop_iteration)
+        """A :class:`torchdata.nodes.Loader` over the chain (a :class:`PipeLoader`): iterate it once per epoch.
+
+        ``len(loader)`` is this rank's batches per epoch (map-style); ``loader.set_epoch(n)``
+        chooses the next epoch's shuffling."""
+        loader = PipeLoader(self.node, restart_on_stop_iteration=restart_on_stop_iteration)
+        loader.batcher = self.batcher
+        return loader
+
+    def __len__(self) -> int:
+        """This rank's batches per epoch: map-style pipes with ``bucket_batch``.
+
+        Raises:
+            TypeError: a streaming pipe (its length is known only at its end), or no batcher.
+        """
+        return _batches_per_epoch(self.batcher, "pipe")
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next epoch iterated is ``epoch`` (its shuffling is that of ``(seed, epoch)``), like
+        ``DistributedSampler.set_epoch``; see :meth:`BucketBatcher.set_epoch`."""
+        if self.batcher is None:
+            raise TypeError("set_epoch needs bucket_batch(...) in the chain")
+        self.batcher.set_epoch(epoch)
+
+    def as_iterable_dataset(self) -> PipeIterableDataset:
+        """A ``torch.utils.data.IterableDataset`` over the pipe, for a ``DataLoader`` you already have.
+
+        Use it with ``DataLoader(ds, batch_size=None, num_workers=N)`` (the pipe already batches).
+        With ``N`` workers, worker ``w`` builds only batches ``w, w + N, w + 2N...`` of the epoch's
+        plan (the others are skipped before any row is read), so the ``DataLoader``, which takes
+        one item from each worker in turn, yields every batch exactly once and in the same order
+        as the pipe itself. Call ``ds.set_epoch(epoch)`` before each epoch (as with
+        ``DistributedSampler``): workers are fresh copies, so they cannot count epochs themselves.
+
+        Raises (when iterated in a worker):
+            WorkerSplitError: a streaming pipe with more than one worker (every worker would read
+                the whole stream); shard the stream instead, or use ``num_workers=0`` (or
+                :meth:`pack`'s own ``num_workers``).
+        """
+        return PipeIterableDataset(self)
 
     @property
     def stats(self) -> BatchingStats | None:
@@ -132,3 +218,38 @@ class Pipe:
 
     def __iter__(self):
         return iter(self.loader())
+
+
+class PipeIterableDataset(torch.utils.data.IterableDataset):
+    """The ``torch.utils.data`` view of a :class:`Pipe` (see :meth:`Pipe.as_iterable_dataset`)."""
+
+    def __init__(self, pipe: Pipe):
+        super().__init__()
+        self.pipe = pipe
+        self._epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration (in every worker) is epoch ``epoch``."""
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """This rank's batches per epoch (all workers together)."""
+        return len(self.pipe)
+
+    def __iter__(self) -> Iterator[Any]:
+        batcher = self.pipe.batcher
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        if workers > 1:
+            if batcher is None or not batcher.indexed:
+                raise WorkerSplitError(
+                    "a streaming pipe (or one without bucket_batch) cannot be split across "
+                    f"{workers} DataLoader workers without duplicates: every worker would read the whole "
+                    "stream. Shard the stream (datasets.distributed.split_dataset_by_node), or use "
+                    "num_workers=0 (pack(num_workers=...) collates in parallel inside the pipe)")
+            batcher.split_workers(worker, workers)
+        if self._epoch is not None and batcher is not None:
+            batcher.set_epoch(self._epoch)
+            self._epoch += 1  # in-process (num_workers=0, persistent workers): the next one follows
+        loader = PipeLoader(self.pipe.node)
+        yield from loader

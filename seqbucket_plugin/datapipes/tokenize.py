@@ -33,13 +33,16 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torchdata.nodes import BaseNode
+
+if TYPE_CHECKING:
+    import datasets
 
 from seqbucket_plugin.errors import (
     DataFormatError,
@@ -51,7 +54,11 @@ from seqbucket_plugin.errors import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "MissingPadTokenError",
     "TextTokenizer",
+    "TokenizerTypeError",
+    "as_text_tokenizer",
+    "resolve_pad_id",
     "TokenizeNode",
     "TokenizeReport",
     "tokenize_dataset",
@@ -96,7 +103,11 @@ class TextTokenizer:
     reused.
 
     Args:
-        tokenizer: the wrapped tokenizer (not copied).
+        tokenizer: the wrapped tokenizer (not copied): a ``tokenizers.Tokenizer``, or a
+            ``transformers`` fast tokenizer (``PreTrainedTokenizerFast``, what
+            ``AutoTokenizer.from_pretrained`` returns), whose ``backend_tokenizer`` is wrapped and
+            whose own ``pad_token``/``unk_token``/``bos_token`` (or ``cls_token``)/``eos_token``
+            (or ``sep_token``) are taken for ``"auto"``.
         pad_token, unk_token, bos_token, eos_token: token strings, ``None`` for none, or
             ``"auto"`` to pick the first common name present in the vocabulary
             (e.g. ``<pad>``/``[PAD]``).
@@ -104,6 +115,8 @@ class TextTokenizer:
 
     Raises:
         SeqBucketError: a named special token is not in the vocabulary.
+        TokenizerTypeError: ``tokenizer`` is neither (a slow ``transformers`` tokenizer, a
+            :class:`TextTokenizer` itself...); the message says what to pass instead.
     """
 
     def __init__(
@@ -116,13 +129,22 @@ class TextTokenizer:
         eos_token: str | None = _AUTO,
         kind: str | None = None,
     ):
+        hf_special: dict[str, str | None] = {}
         if not isinstance(tokenizer, Tokenizer):
-            raise TypeError(f"expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+            backend = getattr(tokenizer, "backend_tokenizer", None)
+            if not isinstance(backend, Tokenizer):
+                raise TokenizerTypeError(_not_a_tokenizer(tokenizer))
+            hf_special = _hf_special_tokens(tokenizer)
+            if kind is None:
+                kind = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+            tokenizer = backend
         self._tokenizer = tokenizer
         self.kind = kind if kind is not None else type(tokenizer.model).__name__.lower()
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         names = {"pad_token": pad_token, "unk_token": unk_token, "bos_token": bos_token, "eos_token": eos_token}
         for key, value in names.items():
+            if value == _AUTO and hf_special.get(key) is not None and hf_special[key] in vocab:
+                value = hf_special[key]  # what the transformers tokenizer says its special tokens are
             if value == _AUTO:
                 value = next((c for c in _SPECIAL_CANDIDATES[key] if c in vocab), None)
             elif value is not None and value not in vocab:
@@ -472,6 +494,82 @@ class TextTokenizer:
             lookup.post_processor = None
             self._word_lookup = lookup
         return self._word_lookup.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+
+
+class TokenizerTypeError(SeqBucketError, TypeError):
+    """Something that is not a tokenizer this package can use was given as one."""
+
+
+class MissingPadTokenError(SeqBucketError, ValueError):
+    """The tokenizer has no padding token and no explicit ``pad_id`` was given: padding with some
+    id (0 is a real token in most vocabularies) would be a silent error."""
+
+
+def _not_a_tokenizer(obj: Any) -> str:
+    name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if getattr(obj, "is_fast", None) is False:
+        return (f"{name} is a slow (pure Python) transformers tokenizer, which has no Rust tokenizer to batch "
+                "with; load the fast one: AutoTokenizer.from_pretrained(name, use_fast=True), or pass a "
+                "tokenizers.Tokenizer (e.g. Tokenizer.from_file('tokenizer.json'))")
+    return (f"expected a tokenizers.Tokenizer, a transformers fast tokenizer (with .backend_tokenizer) or a "
+            f"TextTokenizer, got {name}")
+
+
+def _hf_special_tokens(hf: Any) -> dict[str, str | None]:
+    """The special tokens a transformers tokenizer names (``cls``/``sep`` stand in for bos/eos)."""
+
+    def token(*attrs: str) -> str | None:
+        for attr in attrs:
+            try:
+                value = getattr(hf, attr, None)
+            except Exception:  # transformers logs and raises for some unset special tokens
+                value = None
+            if isinstance(value, str):
+                return value
+            if value is not None and isinstance(getattr(value, "content", None), str):  # an AddedToken
+                return value.content
+        return None
+
+    return {"pad_token": token("pad_token"), "unk_token": token("unk_token"),
+            "bos_token": token("bos_token", "cls_token"), "eos_token": token("eos_token", "sep_token")}
+
+
+def as_text_tokenizer(tokenizer: Any, **special: str | None) -> TextTokenizer:
+    """``tokenizer`` as a :class:`TextTokenizer`: returned as is when it is one, else wrapped.
+
+    Accepts a ``tokenizers.Tokenizer`` or a ``transformers`` fast tokenizer (duck-typed through its
+    ``backend_tokenizer``; ``transformers`` is never imported here). ``special``
+    (``pad_token=...``) goes to :class:`TextTokenizer`; with a :class:`TextTokenizer` it must be
+    empty.
+
+    Raises:
+        TokenizerTypeError: ``tokenizer`` is none of these (the message names the fix).
+        SeqBucketError: a named special token is not in the vocabulary.
+    """
+    if isinstance(tokenizer, TextTokenizer):
+        if any(v != _AUTO for v in special.values()):
+            raise SeqBucketError("special tokens of a TextTokenizer are set when it is built, not here")
+        return tokenizer
+    return TextTokenizer(tokenizer, **special)
+
+
+def resolve_pad_id(tokenizer: TextTokenizer | None, pad_id: int | None) -> int:
+    """The id to pad with: ``pad_id`` when given, else the tokenizer's padding id.
+
+    Raises:
+        MissingPadTokenError: neither is set (a tokenizer without a pad token needs an explicit
+            choice; the message says which).
+    """
+    if pad_id is not None:
+        return int(pad_id)
+    if tokenizer is not None and tokenizer.pad_id is not None:
+        return tokenizer.pad_id
+    vocab = "" if tokenizer is None else f" (its vocabulary has {tokenizer.vocab_size} ids, 0..{tokenizer.vocab_size - 1})"
+    raise MissingPadTokenError(
+        f"the tokenizer has no padding token{vocab}; choose one explicitly: pass pad_id=N (an id the "
+        "embedding reserves for padding, e.g. the vocabulary size with an embedding one row larger), or "
+        "add one: tok.add_special_tokens(['<pad>']) then TextTokenizer(tok, pad_token='<pad>')"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -888,9 +986,50 @@ def _map_kwargs(batch_size: int, num_proc: int | None, cache_file_name: str | No
     return kwargs
 
 
+
+@overload
 def tokenize_dataset(
     ds: Any,
-    tokenizer: TextTokenizer,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[False] = False,
+) -> datasets.Dataset: ...
+
+
+@overload
+def tokenize_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[True],
+) -> tuple[datasets.Dataset, TokenizeReport]: ...
+
+
+def tokenize_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
     *,
     text_column: str = "text",
     label_column: str | None = "label",
@@ -904,7 +1043,7 @@ def tokenize_dataset(
     cache_file_name: str | None = None,
     load_from_cache_file: bool | None = None,
     return_report: bool = False,
-) -> Any:
+) -> datasets.Dataset | tuple[datasets.Dataset, TokenizeReport]:
     """Tokenize a text-classification ``datasets.Dataset`` with a cached batched ``map``.
 
     The map function is a deterministic picklable object, so a second call with the same
@@ -914,7 +1053,8 @@ def tokenize_dataset(
 
     Args:
         ds: the dataset.
-        tokenizer: a :class:`TextTokenizer`.
+        tokenizer: a :class:`TextTokenizer`, a ``tokenizers.Tokenizer`` or a ``transformers`` fast
+            tokenizer (wrapped with :func:`as_text_tokenizer`).
         text_column: column of ``str`` texts (no nulls).
         label_column: copied to the output as ``label``; ``None`` for unlabelled data.
         max_length: maximum ``length`` (BOS/EOS included); ``None`` = no truncation.
@@ -943,6 +1083,7 @@ def tokenize_dataset(
         raise MissingColumnError(text_column, available, "dataset (text_column)")
     if label_column is not None and label_column not in available:
         raise MissingColumnError(label_column, available, "dataset (label_column)")
+    tokenizer = as_text_tokenizer(tokenizer)
     bos, eos = tokenizer._special_ids(add_special_tokens)
     _check_truncation(max_length, truncation, head_fraction, (bos is not None) + (eos is not None))
     keep = _resolve_keep(keep_columns, available, [text_column, label_column])
@@ -991,9 +1132,56 @@ class _TaggedMapFn:
         return pa.table(cols)
 
 
+
+@overload
 def tokenize_tagged_dataset(
     ds: Any,
-    tokenizer: TextTokenizer,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    tokens_column: str = "tokens",
+    tags_column: str = "tags",
+    subword: bool = False,
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    tag_to_id: Mapping[str, int] | None = None,
+    return_word_ids: bool | None = None,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[False] = False,
+) -> datasets.Dataset: ...
+
+
+@overload
+def tokenize_tagged_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
+    *,
+    tokens_column: str = "tokens",
+    tags_column: str = "tags",
+    subword: bool = False,
+    max_length: int | None = None,
+    truncation: Truncation = "head",
+    head_fraction: float = 0.25,
+    add_special_tokens: bool = False,
+    tag_to_id: Mapping[str, int] | None = None,
+    return_word_ids: bool | None = None,
+    batch_size: int = 1000,
+    num_proc: int | None = None,
+    keep_columns: Sequence[str] | str | bool | None = (),
+    cache_file_name: str | None = None,
+    load_from_cache_file: bool | None = None,
+    return_report: Literal[True],
+) -> tuple[datasets.Dataset, TokenizeReport]: ...
+
+
+def tokenize_tagged_dataset(
+    ds: Any,
+    tokenizer: TextTokenizer | Tokenizer | Any,
     *,
     tokens_column: str = "tokens",
     tags_column: str = "tags",
@@ -1010,7 +1198,7 @@ def tokenize_tagged_dataset(
     cache_file_name: str | None = None,
     load_from_cache_file: bool | None = None,
     return_report: bool = False,
-) -> Any:
+) -> datasets.Dataset | tuple[datasets.Dataset, TokenizeReport]:
     """Tokenize a sequence-tagging dataset of pre-tokenized words (cached batched ``map``).
 
     * ``subword=False`` (word-level): exactly one id per word. Each word is normalised by
@@ -1046,6 +1234,7 @@ def tokenize_tagged_dataset(
     for col, what in ((tokens_column, "tokens_column"), (tags_column, "tags_column")):
         if col not in available:
             raise MissingColumnError(col, available, f"dataset ({what})")
+    tokenizer = as_text_tokenizer(tokenizer)
     bos, eos = tokenizer._special_ids(add_special_tokens)
     _check_truncation(max_length, truncation, head_fraction, (bos is not None) + (eos is not None))
     keep = _resolve_keep(keep_columns, available, [tokens_column, tags_column])
@@ -1078,8 +1267,10 @@ class TokenizeNode(BaseNode[dict]):
 
     Text mode (default) yields, per example, a dict with ``input_ids`` (``list[int]``),
     ``length`` (int), ``num_tokens`` (int, before truncation), ``label`` (from
-    ``label_column``, if not None) and every other key of the input example except
-    ``text_column``. Tagging mode (``tokens_column`` given) reads ``tokens_column`` words and
+    ``label_column``, if not None) and the ``keep_columns`` (names, ``"all"``/``True`` for every
+    other key, ``()`` for none: the same columns as :func:`tokenize_dataset` /
+    :func:`tokenize_tagged_dataset` keep with the same options, so map-style and streaming
+    pipelines give batches with the same contents). Tagging mode (``tokens_column`` given) reads ``tokens_column`` words and
     ``tags_column`` int tags and yields ``labels`` (``list[int]``, one per id, ``-100`` off
     first pieces) instead of ``label`` (plus ``word_ids`` when ``subword``), dropping both
     input columns; see :func:`tokenize_tagged_dataset`.
@@ -1101,7 +1292,7 @@ class TokenizeNode(BaseNode[dict]):
     def __init__(
         self,
         source: BaseNode[dict],
-        tokenizer: TextTokenizer,
+        tokenizer: TextTokenizer | Tokenizer | Any,
         *,
         text_column: str = "text",
         label_column: str | None = "label",
@@ -1114,10 +1305,12 @@ class TokenizeNode(BaseNode[dict]):
         tags_column: str = "tags",
         subword: bool = False,
         tag_to_id: Mapping[str, int] | None = None,
+        keep_columns: Sequence[str] | str | bool | None = (),
     ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        tokenizer = as_text_tokenizer(tokenizer)
         bos, eos = tokenizer._special_ids(add_special_tokens)
         _check_truncation(max_length, truncation, head_fraction, (bos is not None) + (eos is not None))
         self.source = source
@@ -1133,6 +1326,7 @@ class TokenizeNode(BaseNode[dict]):
         self.tags_column = tags_column
         self.subword = subword
         self.tag_to_id = tag_to_id
+        self.keep_columns = keep_columns
         self._chunk: list[dict] = []
         self._offset = 0
         self._chunk_state: dict[str, Any] | None = None
@@ -1260,9 +1454,14 @@ class TokenizeNode(BaseNode[dict]):
         ids_list = ids.to_pylist()
         length_list = length.tolist()
         num_list = num_tokens.tolist()
+        outputs = ("input_ids", "length", "num_tokens", *extra)
+        keep = [c for c in _resolve_keep(self.keep_columns, list(raw[0]), [c for c in drop if c is not None])
+                if c not in outputs]
+        for column in keep:  # a stream's examples may differ: every kept column must be in each
+            self._require(raw, column)
         out = []
         for i, ex in enumerate(raw):
-            item = {k: v for k, v in ex.items() if k not in drop}
+            item = {k: ex[k] for k in keep} if keep else {}
             item["input_ids"] = ids_list[i]
             item["length"] = length_list[i]
             item["num_tokens"] = num_list[i]

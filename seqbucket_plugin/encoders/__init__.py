@@ -14,11 +14,17 @@ from seqbucket_plugin.encoders.base import (
     resolve_lengths,
 )
 from seqbucket_plugin.encoders.char import CharBiLSTM, CharCNN, create_char_encoder
-from seqbucket_plugin.encoders.errors import EncoderInputError, EncoderRegistrationError, UnknownEncoderError
+from seqbucket_plugin.encoders.errors import (
+    EncoderInputError,
+    EncoderOptionError,
+    EncoderRegistrationError,
+    UnknownEncoderError,
+)
 from seqbucket_plugin.encoders.pooling import POOLING_MODES, Pooler, parse_pooling
 from seqbucket_plugin.encoders.recurrent import RecurrentEncoder
 from seqbucket_plugin.encoders.registry import (
     ENTRY_POINT_GROUP,
+    accepted_options,
     canonical_encoder_name,
     create_encoder,
     get_encoder_factory,
@@ -31,9 +37,11 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "POOLING_MODES",
     "STRATEGIES",
+    "accepted_options",
     "CharBiLSTM",
     "CharCNN",
     "EncoderInputError",
+    "EncoderOptionError",
     "EncoderOutput",
     "EncoderRegistrationError",
     "Pooler",

@@ -25,3 +25,8 @@ class UnknownEncoderError(SeqBucketError, KeyError):
 
 class EncoderInputError(SeqBucketError, ValueError):
     """The inputs given to an encoder or head are malformed (shape, lengths, mask with holes...)."""
+
+
+class EncoderOptionError(SeqBucketError, TypeError):
+    """An option was given that the encoder's factory does not accept; the message names the
+    option and lists the ones it does accept."""

@@ -579,6 +579,9 @@ def _factory(mode: str, bidirectional: bool):
         return RecurrentEncoder(input_size, hidden_size, num_layers, mode=mode, bidirectional=bidirectional, **kwargs)
 
     make.__name__ = f"{'bi' if bidirectional else ''}{mode}"
+    # the constructor options seqbucket_plugin.testing.check_encoder also checks
+    make.contract_configs = ({}, {"num_layers": 2}, {"num_layers": 3, "min_kernel_steps": 1},  # type: ignore[attr-defined]
+                             {"num_layers": 2, "min_kernel_steps": 100})
     make.__doc__ = (f"A {'bidirectional ' if bidirectional else ''}{mode.upper()} "
                     "RecurrentEncoder; see RecurrentEncoder for the keyword arguments.")
     return make

@@ -18,12 +18,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib.metadata
+import inspect
 import threading
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from seqbucket_plugin.encoders.errors import EncoderRegistrationError, UnknownEncoderError
+from seqbucket_plugin.encoders.errors import EncoderOptionError, EncoderRegistrationError, UnknownEncoderError
 
 ENTRY_POINT_GROUP = "seqbucket_plugin.encoders"
 
@@ -49,9 +50,78 @@ def _remove(canonical: str) -> None:
         del _aliases[alias]
 
 
-def _add(name: str, factory: Callable[..., Any], aliases: Iterable[str], override: bool) -> None:
+PROTOCOL_ATTRIBUTES = ("output_size", "pooled_size")
+"""What an encoder module must have besides ``forward`` (the heads read them)."""
+
+
+def _declares(cls: type, attribute: str) -> bool:
+    return any(attribute in vars(k) or attribute in getattr(k, "__annotations__", {}) for k in cls.__mro__)
+
+
+def check_factory(name: str, factory: Any) -> None:
+    """What can be checked of a factory before it is called: callable; a class must be an
+    ``nn.Module`` subclass that derives from :class:`SequenceEncoder` or declares the protocol's
+    attributes (``output_size``, ``pooled_size``: class attributes, properties or annotations);
+    a function must accept ``input_size`` and ``hidden_size`` (or ``**kwargs``).
+
+    Raises:
+        EncoderRegistrationError: naming what is missing and how to fix it.
+    """
     if not callable(factory):
         raise EncoderRegistrationError(f"the factory registered as {name!r} is not callable: {factory!r}")
+    if isinstance(factory, type):
+        from torch import nn
+
+        from seqbucket_plugin.encoders.base import SequenceEncoder
+
+        if not issubclass(factory, nn.Module):
+            raise EncoderRegistrationError(f"{name!r}: {factory.__qualname__} is not an nn.Module; an encoder "
+                                           "class derives from seqbucket_plugin.encoders.SequenceEncoder")
+        if not issubclass(factory, SequenceEncoder):
+            missing = [a for a in PROTOCOL_ATTRIBUTES if not _declares(factory, a)]
+            if missing:
+                raise EncoderRegistrationError(
+                    f"{name!r}: {factory.__qualname__} is an nn.Module but not a SequenceEncoder and does not "
+                    f"declare {missing}, which the heads read; derive from "
+                    "seqbucket_plugin.encoders.SequenceEncoder (it provides them, the input handling and the "
+                    "pooling), or declare them (e.g. the annotations 'output_size: int' and 'pooled_size: int' "
+                    "set in __init__) and return an EncoderOutput from forward")
+    accepted = accepted_options(factory)
+    if accepted is not None:
+        lacking = [k for k in ("input_size", "hidden_size") if k not in accepted]
+        if lacking:
+            raise EncoderRegistrationError(f"{name!r}: the factory does not accept {lacking}; the heads and the "
+                                           "contract pass input_size= and hidden_size=")
+
+
+def accepted_options(factory_or_name: Any) -> frozenset[str] | None:
+    """The keyword arguments a factory (or the one registered under a name) accepts, or None when
+    it takes ``**kwargs`` (or its signature cannot be read)."""
+    factory = get_encoder_factory(factory_or_name) if isinstance(factory_or_name, str) else factory_or_name
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for p in signature.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            names.add(p.name)
+    return frozenset(names)
+
+
+def supported_options(name: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``options`` into those the encoder registered as ``name`` accepts and the names of
+    the others (every option is accepted by a factory taking ``**kwargs``)."""
+    accepted = accepted_options(name)
+    if accepted is None:
+        return dict(options), []
+    return {k: v for k, v in options.items() if k in accepted}, [k for k in options if k not in accepted]
+
+
+def _add(name: str, factory: Callable[..., Any], aliases: Iterable[str], override: bool) -> None:
+    check_factory(name, factory)
     canonical = _normalize(name)
     alias_names = [_normalize(a) for a in aliases]
     with _lock:
@@ -63,14 +133,17 @@ def _add(name: str, factory: Callable[..., Any], aliases: Iterable[str], overrid
                     f"encoder name {n!r} is already registered (by {owner!r}); "
                     "pass override=True to replace it"
                 )
+        # replacing a factory keeps the aliases it had (they name the same encoder); a name given
+        # here that was another encoder's alias now points here
+        kept = [a for a, c in _aliases.items() if c == canonical]
         for n in [canonical, *alias_names]:
             if n in _aliases:
                 del _aliases[n]
             if n in _factories:
                 _remove(n)
         _factories[canonical] = factory
-        for a in alias_names:
-            if a != canonical:
+        for a in [*kept, *alias_names]:
+            if a != canonical and a not in _factories:
                 _aliases[a] = canonical
 
 
@@ -165,8 +238,26 @@ def get_encoder_factory(name: str) -> Callable[..., Any]:
 
 
 def create_encoder(name: str, **kwargs: Any) -> Any:
-    """Build the encoder registered as ``name`` with ``kwargs`` (``input_size``, ``hidden_size``...)."""
-    return get_encoder_factory(name)(**kwargs)
+    """Build the encoder registered as ``name`` with ``kwargs`` (``input_size``, ``hidden_size``...).
+
+    Raises:
+        UnknownEncoderError: nothing is registered as ``name``.
+        EncoderOptionError: the factory does not accept one of ``kwargs`` (named, with the options
+            it accepts).
+        EncoderRegistrationError: the factory returned something without the protocol's
+            attributes (``output_size``, ``pooled_size``).
+    """
+    factory = get_encoder_factory(name)
+    _, unknown = supported_options(name, kwargs)
+    if unknown:
+        accepted = sorted(accepted_options(factory) or ())
+        raise EncoderOptionError(f"encoder {name!r} does not take {unknown}; its factory accepts {accepted}")
+    encoder = factory(**kwargs)
+    missing = [a for a in PROTOCOL_ATTRIBUTES if not hasattr(encoder, a)]
+    if missing:
+        raise EncoderRegistrationError(f"encoder {name!r}: its factory returned a {type(encoder).__name__} without "
+                                       f"{missing}; derive from seqbucket_plugin.encoders.SequenceEncoder")
+    return encoder
 
 
 def list_encoders(pattern: str = "*", *, include_aliases: bool = False) -> list[str]:

@@ -58,3 +58,19 @@ def word_dropout(ids: torch.Tensor, p: float, unk_idx: int | None, padding_idx: 
     if padding_idx is not None:
         drop &= ids != padding_idx
     return ids.masked_fill(drop, unk_idx)
+
+
+def keyword_inputs(inputs: Any, input_ids: Any, attention_mask: Any, lengths: Any) -> tuple[Any, Any]:
+    """``(inputs, lengths)`` of a forward called positionally or with a batch's names
+    (``model(**batch)``: ``input_ids=``, ``attention_mask=`` and/or ``lengths=``). An
+    ``attention_mask`` gives the lengths when ``lengths`` is not given (a right-padding mask)."""
+    if input_ids is not None:
+        if inputs is not None:
+            raise EncoderInputError("give the token ids once: positionally or as input_ids=")
+        inputs = input_ids
+    if inputs is None:
+        raise EncoderInputError("no inputs: pass a PackedBatch, a (B, T) tensor of ids, or input_ids=")
+    if lengths is None and attention_mask is not None and isinstance(inputs, torch.Tensor):
+        mask = attention_mask.to("cpu", torch.bool)
+        lengths = resolve_lengths(None, mask, *inputs.shape)
+    return inputs, lengths

@@ -11,7 +11,7 @@ from torch import nn
 
 from seqbucket_plugin.encoders.base import EncoderOutput
 from seqbucket_plugin.encoders.registry import create_encoder
-from seqbucket_plugin.heads._common import resolve_token_inputs, word_dropout
+from seqbucket_plugin.heads._common import keyword_inputs, resolve_token_inputs, word_dropout
 
 
 class ClassifierOutput(NamedTuple):
@@ -41,10 +41,14 @@ class SequenceClassifier(nn.Module):
         padding_idx: the padding id (lengths are derived from it when not given).
         word_dropout: training only, the probability that a token id is replaced by ``unk_idx``.
         unk_idx: the unknown-word id (``word_dropout`` needs it).
-        embedding: an embedding module to use instead of a fresh ``nn.Embedding``.
+        embedding: an embedding module to use instead of a fresh ``nn.Embedding``, e.g. one
+            built from pretrained word vectors by :func:`seqbucket_plugin.vectors.build_embedding`;
+            its ``embedding_dim`` replaces ``embedding_dim``.
 
     ``forward(batch)`` takes a PackedBatch (its ``labels`` give the loss), or
-    ``forward(input_ids, lengths, labels=...)``. Outputs are in the input's row order.
+    ``forward(input_ids, lengths, labels=...)``, or a batch's names: ``model(**batch)``
+    (``input_ids=``, ``attention_mask=``, ``lengths=``, ``labels=``; other batch columns are
+    accepted and ignored). Outputs are in the input's row order.
     """
 
     def __init__(
@@ -84,8 +88,10 @@ class SequenceClassifier(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.num_classes = num_classes
 
-    def forward(self, inputs: Any, lengths: Any = None, *, labels: torch.Tensor | None = None,
-                strategy: str | None = None) -> ClassifierOutput:
+    def forward(self, inputs: Any = None, lengths: Any = None, *, labels: torch.Tensor | None = None,
+                strategy: str | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, **columns: Any) -> ClassifierOutput:
+        inputs, lengths = keyword_inputs(inputs, input_ids, attention_mask, lengths)
         ids, lengths, labels, _ = resolve_token_inputs(inputs, lengths, labels, self.padding_idx)
         ids = word_dropout(ids, self.word_dropout, self.unk_idx, self.padding_idx, self.training)
         enc = self.encoder(self.embedding(ids), lengths, strategy=strategy)

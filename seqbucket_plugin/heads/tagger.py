@@ -12,7 +12,7 @@ from seqbucket_plugin.encoders.base import EncoderOutput
 from seqbucket_plugin.encoders.char import create_char_encoder
 from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.registry import create_encoder
-from seqbucket_plugin.heads._common import resolve_token_inputs, word_dropout
+from seqbucket_plugin.heads._common import keyword_inputs, resolve_token_inputs, word_dropout
 from seqbucket_plugin.heads.crf import CRF, IGNORE_INDEX
 
 CHAR_KEYS = ("char_ids", "chars")
@@ -57,7 +57,12 @@ class SequenceTagger(nn.Module):
         padding_idx: padding id of the tokens.
         word_dropout: training only, the probability that a word id is replaced by ``unk_idx``.
         unk_idx: the unknown-word id (``word_dropout`` needs it).
+        embedding: an embedding module to use instead of a fresh ``nn.Embedding`` (e.g. from
+            :func:`seqbucket_plugin.vectors.build_embedding`); its ``embedding_dim`` replaces
+            ``embedding_dim``.
 
+    ``forward`` also takes a batch's names (``model(**batch)``: ``input_ids=``,
+    ``attention_mask=``, ``lengths=``, ``labels=``, ``char_ids=``; other columns are ignored).
     Character ids come from ``chars=`` or from a PackedBatch's ``extras["char_ids"]``
     (or ``extras["chars"]``). Labels are ``(B, T)`` padded with -100.
     """
@@ -79,13 +84,16 @@ class SequenceTagger(nn.Module):
         padding_idx: int | None = 0,
         word_dropout: float = 0.0,
         unk_idx: int | None = None,
+        embedding: nn.Module | None = None,
     ):
         super().__init__()
         self.word_dropout, self.unk_idx = float(word_dropout), unk_idx
         if decoder not in ("crf", "softmax"):
             raise EncoderInputError(f"decoder must be 'crf' or 'softmax', got {decoder!r}")
         self.padding_idx = padding_idx
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
+        self.embedding = embedding if embedding is not None else nn.Embedding(
+            vocab_size, embedding_dim, padding_idx=padding_idx)
+        embedding_dim = getattr(self.embedding, "embedding_dim", embedding_dim)
         if isinstance(char_encoder, str):
             if num_chars is None:
                 raise EncoderInputError("num_chars is required with a named char_encoder")
@@ -118,8 +126,13 @@ class SequenceTagger(nn.Module):
         emissions = self.proj(self.dropout(enc.states))
         return emissions, lengths, labels, enc
 
-    def forward(self, inputs: Any, lengths: Any = None, *, chars: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, strategy: str | None = None) -> TaggerOutput:
+    def forward(self, inputs: Any = None, lengths: Any = None, *, chars: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, strategy: str | None = None,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                **columns: Any) -> TaggerOutput:
+        inputs, lengths = keyword_inputs(inputs, input_ids, attention_mask, lengths)
+        if chars is None:
+            chars = next((columns[k] for k in CHAR_KEYS if k in columns), None)
         emissions, lengths, labels, enc = self._emissions(inputs, lengths, chars, labels, strategy)
         loss = None
         if labels is not None:

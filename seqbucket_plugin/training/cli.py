@@ -4,6 +4,7 @@ config saved with the run, and clean failures (a message and exit status 2, no t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -21,7 +22,8 @@ __all__ = ["RecipeError", "add_common_arguments", "apply_chosen", "checkpoint_to
 CONFIG_FILE = "config.json"
 # options whose default is not in every config file
 BUILT_IN_DEFAULTS = {"amp": True, "progress": True, "resume": False, "grad_accum": 1, "nonfinite": "stop",
-                     "nonfinite_patience": 10, "longest_first": False}
+                     "nonfinite_patience": 10, "longest_first": False, "embeddings": None,
+                     "freeze_embeddings": False, "log_every": 0, "report_to": "none"}
 
 
 # what one invocation does, never saved in config.json nor read from a config file
@@ -91,40 +93,53 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                                "fixed --batch-size, the model runs over the padding (baseline)")
     model = parser.add_argument_group("model")
     model.add_argument("--encoder", help="a registered encoder name (see list_encoders())")
-    model.add_argument("--embedding-dim", type=int)
-    model.add_argument("--hidden-size", type=int)
-    model.add_argument("--num-layers", type=int)
-    model.add_argument("--dropout", type=float)
+    model.add_argument("--embedding-dim", type=int, help="word vector size")
+    model.add_argument("--hidden-size", type=int, help="encoder hidden size per direction")
+    model.add_argument("--num-layers", type=int, help="encoder layers")
+    model.add_argument("--dropout", type=float, help="dropout rate of the model")
     model.add_argument("--word-dropout", type=float,
                        help="training only: probability that a word is replaced by the unknown word")
-    model.add_argument("--vocab-size", type=int)
-    model.add_argument("--min-frequency", type=int)
+    model.add_argument("--embeddings", metavar="FILE",
+                       help="initialise the word embedding from pretrained vectors (word2vec text/binary, GloVe, "
+                            "fastText .vec; only the vocabulary's rows are read); sets --embedding-dim")
+    model.add_argument("--freeze-embeddings", action="store_true", default=None,
+                       help="keep the --embeddings vectors fixed in training")
+    model.add_argument("--vocab-size", type=int, help="at most this many words in the vocabulary (special tokens "
+                                                         "included)")
+    model.add_argument("--min-frequency", type=int, help="words seen fewer times are unknown")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=int, help="passes over the training set")
     train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (0: no cap)")
     train.add_argument("--grad-accum", type=int,
                        help="batches per optimizer step (gradient accumulation; keeps the effective batch "
                             "when the number of processes changes)")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--warmup-ratio", type=float)
-    train.add_argument("--clip-norm", type=float)
+    train.add_argument("--lr", type=float, help="peak learning rate (AdamW, linear warm-up and decay)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (not on embeddings and biases)")
+    train.add_argument("--warmup-ratio", type=float, help="share of the steps spent warming the learning rate up")
+    train.add_argument("--clip-norm", type=float, help="clip the gradient norm to this (0: no clipping)")
     train.add_argument("--patience", type=int, help="early stopping: evaluations without improvement (0: off)")
     train.add_argument("--metric", help="dev metric that selects the best model and stops early (accuracy, "
                                         "macro_f1; tagging: accuracy, f1)")
     train.add_argument("--eval-every", type=int, help="evaluate every N steps (0: at epoch ends only)")
     train.add_argument("--save-every", type=int, help="checkpoint every N steps (and at epoch ends)")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=int, help="seed of the initialisation, batches and dropout")
     train.add_argument("--nonfinite", choices=["stop", "skip"],
                        help="a NaN/inf loss: stop with an error naming the step (default), or skip the step and "
                             "count it")
     train.add_argument("--nonfinite-patience", type=int,
                        help="with --nonfinite skip: stop after this many skipped steps in a row (0: never)")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
     train.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
     train.add_argument("--no-amp", dest="amp", action="store_false", default=None,
                        help="no mixed precision on CUDA")
-    train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                       help="no progress bar (it is shown only on a terminal)")
+    train.add_argument("--log-every", type=int, metavar="N",
+                       help="print the train loss, learning rate and tokens/s every N optimizer steps (0: only at "
+                            "evaluations)")
+    train.add_argument("--report-to", choices=["none", "tensorboard"],
+                       help="also write the train and dev figures for TensorBoard to <output-dir>/tensorboard "
+                            "(pip install 'seqbucket_plugin[tensorboard]')")
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", help="where the config, tokenizer, labels, model, metrics and plots go")
     run.add_argument("--resume", action="store_true", default=None,
@@ -148,12 +163,33 @@ def max_tokens_value(text: str) -> int | str:
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: from the training data)`` for the options chosen at start-up."""
+    """Shows every option's default: ``(default: from the training data)`` for the options chosen
+    at start-up, ``(default: on)``/``(default: off)`` for flags (``--no-amp``: what is on without
+    it), ``(default: none)`` for an unset one, and a default for options without a help text."""
+
+    def _format_action(self, action):
+        if action.option_strings and not action.help and action.default is not argparse.SUPPRESS \
+                and action.dest != "help":
+            action = copy.copy(action)
+            action.help = "\0"  # argparse prints no help (and so no default) for an empty help
+        return super()._format_action(action)
 
     def _get_help_string(self, action):
+        text = (action.help or "").replace("\0", "").strip()
         if action.dest in AUTO_OPTIONS and action.default is None:
-            return (action.help or "") + " (default: from the training data)"
-        return super()._get_help_string(action)
+            return f"{text} (default: from the training data)".strip()
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            value = action.default if action.default is not None else BUILT_IN_DEFAULTS.get(action.dest, False)
+            if isinstance(action, argparse._StoreFalseAction):  # --no-amp: the default says what is on
+                state = f"{action.dest.replace('_', ' ')} {'on' if value else 'off'}"
+            else:
+                state = "on" if value else "off"
+            return f"{text} (default: {state})".strip()
+        if action.option_strings and action.default is None:
+            return f"{text} (default: none)".strip()
+        if "%(default)" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 
 def parse_args(argv: Sequence[str] | None, description: str, default_config: str,
@@ -202,7 +238,8 @@ def train_config(args: argparse.Namespace, metric: str | None = None) -> TrainCo
                        warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
                        eval_every=args.eval_every, save_every=args.save_every, metric=metric, amp=args.amp,
                        progress=args.progress, seed=args.seed, grad_accum=args.grad_accum,
-                       nonfinite=args.nonfinite, nonfinite_patience=args.nonfinite_patience)
+                       nonfinite=args.nonfinite, nonfinite_patience=args.nonfinite_patience,
+                       log_every=args.log_every, report_to=args.report_to)
 
 
 def apply_chosen(args: argparse.Namespace, chosen: Any) -> None:

@@ -138,6 +138,29 @@ class TrainConfig:
     grad_accum: int = 1
     nonfinite: str = "stop"
     nonfinite_patience: int = 10
+    log_every: int = 0
+    """Print (and report) the running train loss, learning rate and tokens/s every N optimizer
+    steps (0: only at evaluations)."""
+    report_to: str = "none"
+    """``"tensorboard"``: also write the train figures and dev metrics as TensorBoard scalars
+    under ``<output_dir>/tensorboard`` (needs the ``tensorboard`` package); ``"none"``: don't."""
+
+
+REPORT_TO = ("none", "tensorboard")
+
+
+def tensorboard_writer(log_dir: str) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` for ``log_dir``.
+
+    Raises:
+        SeqBucketError: the ``tensorboard`` package is not installed (the message says how).
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise SeqBucketError("--report-to tensorboard needs the tensorboard package: "
+                             "pip install 'seqbucket_plugin[tensorboard]'") from err
+    return SummaryWriter(log_dir=log_dir)
 
 
 @dataclass
@@ -185,6 +208,12 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(postfix, refresh=False)
+
+    def writing(self) -> contextlib.AbstractContextManager:
+        """A context in which printed lines go above the bar instead of into it."""
+        if self.bar is None:
+            return contextlib.nullcontext()
+        return self.bar.external_write_mode()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -255,6 +284,8 @@ class Trainer:
             raise SeqBucketError(f"--grad-accum must be a positive integer, got {config.grad_accum!r}")
         if config.nonfinite not in ("stop", "skip"):
             raise SeqBucketError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+        if config.report_to not in REPORT_TO:
+            raise SeqBucketError(f"report_to must be one of {list(REPORT_TO)}, got {config.report_to!r}")
         if config.grad_accum > 1 and not steps_per_epoch:
             raise SeqBucketError("--grad-accum > 1 needs the number of batches per epoch (a map-style dataset)")
         self.loader = train_loader
@@ -265,7 +296,9 @@ class Trainer:
         self.device = device
         self.steps_per_epoch = steps_per_epoch
         self.batch_stats = batch_stats
-        self.log = log if self.is_main else (lambda message: None)
+        self._print = log if self.is_main else (lambda message: None)
+        self._bar: _Progress | None = None
+        self.writer = None
         self.fingerprint = fingerprint
         self.last_saved_step: int | None = None
         os.makedirs(self.output_dir, exist_ok=True)
@@ -293,8 +326,23 @@ class Trainer:
             functools.partial(torch.autocast, device_type="cuda", dtype=self.amp_dtype) if self.use_amp
             else contextlib.nullcontext)
         self.state = _LoopState()
+        if config.report_to == "tensorboard" and self.is_main:
+            self.writer = tensorboard_writer(os.path.join(self.output_dir, "tensorboard"))
 
     # ------------------------------------------------------------------ helpers
+    def log(self, message: str) -> None:
+        """Print ``message`` (rank 0), above the progress bar when one is shown."""
+        with self._bar.writing() if self._bar is not None else contextlib.nullcontext():
+            self._print(message)
+
+    def _report(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.writer.flush()
+
     def _total_steps(self) -> int:
         per_epoch = -(-(self.steps_per_epoch or 0) // self.config.grad_accum)  # optimizer steps per epoch
         total = per_epoch * self.config.epochs if per_epoch else 0
@@ -443,6 +491,8 @@ class Trainer:
                   "padding_efficiency": None if efficiency is None else round(efficiency, 4),
                   "skipped_nonfinite": s.skipped_nonfinite, "elapsed_s": round(elapsed, 2), "best": improved}
         s.history.append(record)
+        self._report("dev", metrics, s.step)
+        self._report("train", {"loss": train_loss, "tokens_per_s": tokens_per_s}, s.step)
         if self.is_main:
             with open(os.path.join(self.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -493,7 +543,11 @@ class Trainer:
     def _run_epoch(self, start_time: float, elapsed_before: float) -> None:
         cfg, s = self.config, self.state
         steps = -(-self.steps_per_epoch // cfg.grad_accum) if self.steps_per_epoch else None
+        if cfg.max_steps > 0:  # the bar ends where --max-steps stops the run
+            left = cfg.max_steps - (s.step - s.epoch_step)
+            steps = left if steps is None else min(steps, left)
         bar = _Progress(cfg.progress and self.is_main, steps, s.epoch_step, f"epoch {s.epoch + 1}/{cfg.epochs}")
+        self._bar = bar
         # the epoch's running loss lives on the device (read only for logs); restored sums come first
         loss_sum = torch.zeros((), device=self.device)
         train_time = 0.0
@@ -555,6 +609,11 @@ class Trainer:
             if bar.bar is not None:
                 bar.update(loss=f"{mean_loss():.4f}", tok_s=f"{tps:,.0f}",
                            pad_eff=f"{eff:.1%}" if eff is not None else "-")
+            if cfg.log_every > 0 and s.step % cfg.log_every == 0:
+                lr = self.scheduler.get_last_lr()[0]
+                self.log(f"step {s.step} (epoch {s.epoch + 1}): train loss {mean_loss():.4f}, lr {lr:.3g}, "
+                         f"{tps:,.0f} tokens/s")
+                self._report("train", {"loss": mean_loss(), "lr": lr, "tokens_per_s": tps}, s.step)
             if cfg.eval_every > 0 and s.step % cfg.eval_every == 0:
                 if self._evaluate(mean_loss(), tps, eff, elapsed_before + time.perf_counter() - start_time):
                     s.stopped = True
@@ -566,6 +625,7 @@ class Trainer:
                 self.save_checkpoint()
             t_prev = time.perf_counter()
         bar.close()
+        self._bar = None
         s.loss_sum += float(loss_sum)
         loss_sum.zero_()
         if s.epoch_batch == 0:

@@ -25,7 +25,8 @@ __all__ = ["RESUMABLE_SETTINGS", "dataset_fingerprint", "fingerprint_differences
 # settings that may change between a run and its resume (reported, not refused); file paths are
 # not compared at all: the content of the data is
 RESUMABLE_SETTINGS = frozenset({"epochs", "max_steps", "patience", "eval_every", "save_every", "device",
-                                "threads", "progress", "amp", "nonfinite", "nonfinite_patience"})
+                                "threads", "progress", "amp", "nonfinite", "nonfinite_patience", "log_every",
+                                "report_to"})
 IGNORED_SETTINGS = frozenset({"output_dir", "resume", "overwrite", "predict", "predictions", "config", "train_file",
                               "dev_file", "test_file"})
 

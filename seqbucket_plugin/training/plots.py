@@ -33,25 +33,40 @@ def plots_available(log: Callable[[str], None] = print) -> bool:
 
 def plot_training_curves(history: Sequence[dict], metric: str, path: str | os.PathLike,
                          log: Callable[[str], None] = print) -> bool:
-    """Train loss and dev ``metric`` (key ``dev_<metric>``) per evaluation step, saved to ``path``."""
+    """Train loss (top panel) and dev ``metric`` (key ``dev_<metric>``, bottom panel) per
+    evaluation step, saved to ``path``.
+
+    Two panels sharing the step axis rather than two y-axes over one another, so the curves and
+    their labels never overlap, with one evaluation or with many; whole-number steps on the axis;
+    the best evaluation marked and named in the title.
+    """
     if not history or not plots_available(log):
         return False
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [r["step"] for r in history]
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(steps, [r["train_loss"] for r in history], "o-", color="tab:blue", label="train loss")
-    ax1.set_xlabel("optimizer step")
-    ax1.set_ylabel("train loss (mean over the epoch so far)", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(steps, [r.get(f"dev_{metric}") for r in history], "s-", color="tab:red", label=f"dev {metric}")
-    ax2.set_ylabel(f"dev {metric}", color="tab:red")
+    values = [r.get(f"dev_{metric}") for r in history]
+    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(7, 5))
+    ax1.plot(steps, [r["train_loss"] for r in history], "o-", color="tab:blue")
+    ax1.set_ylabel("train loss")
+    ax1.set_title("train loss (mean over the epoch so far)", fontsize=9, loc="left")
+    ax2.plot(steps, values, "s-", color="tab:red")
+    ax2.set_ylabel(f"dev {metric}")
+    ax2.set_xlabel("optimizer step")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     best = [r for r in history if r.get("best")]
+    title = f"training curves: {len(history)} evaluation{'s' if len(history) != 1 else ''}"
     if best:
         b = best[-1]
-        ax2.annotate(f"best {b[f'dev_{metric}']:.4f}", (b["step"], b[f"dev_{metric}"]),
-                     textcoords="offset points", xytext=(-40, -15))
-    ax1.set_title("training curves")
+        ax2.plot([b["step"]], [b[f"dev_{metric}"]], "*", color="black", markersize=12, zorder=3)
+        title += f"; best dev {metric} {b[f'dev_{metric}']:.4f} at step {b['step']} (*)"
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.08, y=0.15)  # a single point or a flat line stays inside the frame
+    if len(steps) == 1:
+        ax2.set_xlim(steps[0] - 1, steps[0] + 1)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

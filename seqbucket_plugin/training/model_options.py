@@ -1,0 +1,134 @@
+"""What the recipes check and build around the model: the options an encoder takes, and an
+embedding from pretrained word vectors (``--embeddings FILE``, ``--freeze-embeddings``).
+
+Both checks run before a recipe writes anything, so a bad option or file ends the run with one
+``error:`` line (exit status 2) and an untouched ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from seqbucket_plugin.encoders.errors import UnknownEncoderError
+from seqbucket_plugin.encoders.registry import accepted_options, list_encoders, supported_options
+
+__all__ = ["check_embeddings", "check_options", "encoder_kwargs", "pretrained_embedding"]
+
+# the value at which a recipe option asks nothing of the encoder
+_NEUTRAL = {"num_layers": 1, "dropout": 0.0, "input_dropout": 0.0}
+
+
+def _config_default(args: argparse.Namespace, dest: str) -> Any:
+    from seqbucket_plugin.training.cli import load_config
+
+    path = getattr(args, "config", None)
+    try:
+        return load_config(path).get(dest) if path else None
+    except Exception:  # the config was read once already; a failure here only loses the note
+        return None
+
+
+def encoder_kwargs(args: argparse.Namespace, options: dict[str, tuple[str, Any]], *, quiet: bool = False
+                   ) -> dict[str, Any]:
+    """The keyword arguments for ``args.encoder``: ``options`` maps each factory keyword to
+    ``(command-line flag, value)``; only those the factory accepts are returned.
+
+    An option the factory does not take is left out when its value asks nothing (1 layer, no
+    dropout, None) or is the config file's default (a note says so, unless ``quiet``); given
+    explicitly, it is an error.
+
+    Raises:
+        RecipeError: the encoder is not registered, or does not take an option given explicitly
+            (naming the option and the ones the encoder takes).
+    """
+    from seqbucket_plugin.training.cli import RecipeError
+
+    name = args.encoder
+    try:
+        kept, unknown = supported_options(name, {k: v for k, (_, v) in options.items()})
+    except UnknownEncoderError as err:
+        raise RecipeError(f"--encoder {name!r} is not registered; choose from {list_encoders()}") from err
+    dropped = []
+    for key in unknown:
+        flag, value = options[key]
+        dest = flag.lstrip("-").replace("-", "_")
+        if value is None or value == _NEUTRAL.get(key):
+            continue  # asks nothing of the encoder
+        if value == _config_default(args, dest):
+            dropped.append(flag)
+            continue
+        accepted = sorted(accepted_options(name) or ())
+        raise RecipeError(f"--encoder {name} does not take {flag} ({key}={value!r}); its factory accepts "
+                          f"{accepted}. Leave {flag} out (or give the option the encoder takes)")
+    if dropped and not quiet:
+        print(f"note: --encoder {name} does not take {', '.join(sorted(set(dropped)))}; the config's "
+              "default is not passed")
+    return kept
+
+
+def check_embeddings(args: argparse.Namespace) -> None:
+    """Validate ``--embeddings`` before anything is written and set ``args.embedding_dim`` to the
+    vectors' dimension (so ``config.json`` rebuilds the model). A no-op without ``--embeddings``.
+
+    Raises:
+        RecipeError: ``--freeze-embeddings`` without ``--embeddings``, a missing file, or an
+            ``--embedding-dim`` given explicitly that differs from the vectors'.
+        DataFormatError: the file is not a word-vectors file.
+    """
+    from seqbucket_plugin.training.cli import RecipeError
+    from seqbucket_plugin.vectors import vectors_dim
+
+    path = getattr(args, "embeddings", None)
+    if not path:
+        if getattr(args, "freeze_embeddings", False):
+            raise RecipeError("--freeze-embeddings needs --embeddings FILE")
+        return
+    if not os.path.isfile(path):
+        raise RecipeError(f"--embeddings: file not found: {path}")
+    dim = vectors_dim(path)
+    default = _config_default(args, "embedding_dim")
+    if args.embedding_dim not in (dim, default):
+        raise RecipeError(f"--embedding-dim {args.embedding_dim} differs from the {dim} dimensions of the vectors "
+                          f"in {path}; leave --embedding-dim out")
+    args.embedding_dim = dim
+
+
+def pretrained_embedding(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """The embedding of ``tokenizer``'s vocabulary from ``--embeddings`` (reading only the rows it
+    needs; OOV rows random, see :func:`~seqbucket_plugin.vectors.build_embedding`), frozen with
+    ``--freeze-embeddings``; prints the coverage. None without ``--embeddings``."""
+    from seqbucket_plugin.vectors import build_embedding, load_vectors
+
+    path = getattr(args, "embeddings", None)
+    if not path:
+        return None
+    vectors = load_vectors(path, vocab=tokenizer, lowercase=True)
+    embedding = build_embedding(tokenizer, vectors, freeze=bool(args.freeze_embeddings), seed=args.seed)
+    state = "frozen" if args.freeze_embeddings else "fine-tuned"
+    print(f"embeddings {os.path.basename(path)} ({embedding.embedding_dim}d, {state}): "
+          f"{embedding.coverage.summary()}")
+    return embedding
+
+
+
+def check_options(args: argparse.Namespace, encoder_options: dict[str, tuple[str, Any]], *,
+                  quiet: bool = False) -> None:
+    """Every check a recipe runs before it writes anything: the encoder takes the options given
+    (:func:`encoder_kwargs`), ``--embeddings`` is a vectors file (:func:`check_embeddings`), and
+    ``--report-to tensorboard`` has its package.
+
+    Raises:
+        RecipeError, DataFormatError: naming the option.
+    """
+    from seqbucket_plugin.training.cli import RecipeError
+
+    encoder_kwargs(args, encoder_options, quiet=quiet)
+    check_embeddings(args)
+    if getattr(args, "report_to", "none") == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise RecipeError("--report-to tensorboard needs the tensorboard package: "
+                              "pip install 'seqbucket_plugin[tensorboard]'")
