@@ -62,18 +62,24 @@ def recipe_command(name: str) -> list[str] | None:
     return [sys.executable, recipe, *data, "--device", "cpu", "--no-progress", "--output-dir", str(RUNS / name)]
 
 
-def run_recipe(name: str) -> dict:
-    cmd = recipe_command(name)
+def run_command(name: str, cmd: list[str]) -> tuple[str, str, float]:
+    """Run a recipe command from the project root; ``(command as shown, stdout, wall seconds)``.
+    A failing recipe prints its output's tail and ends the benchmark."""
     shown = " ".join(c.replace(str(DATA), "$DATA").replace(str(ROOT) + "/", "") for c in cmd[1:])
     print(f"\n$ python {shown}", flush=True)
-    shutil.rmtree(RUNS / name, ignore_errors=True)  # this script's own output: every run starts fresh
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         raise SystemExit(f"{name}: the recipe failed with exit code {proc.returncode}")
-    for line in proc.stdout.splitlines():
+    return shown, proc.stdout, wall
+
+
+def run_recipe(name: str) -> dict:
+    shutil.rmtree(RUNS / name, ignore_errors=True)  # this script's own output: every run starts fresh
+    shown, stdout, wall = run_command(name, recipe_command(name))
+    for line in stdout.splitlines():
         if line.startswith(("settings chosen", "  ", "metrics:", "training ")):
             print(line)
     out = RUNS / name

@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_quality import DATA, ROOT, run_command  # same folder: benchmarks/ is on sys.path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "out"
 RUNS = ROOT / "runs" / "vectors"
 DIM = 128  # the recipe's default --embedding-dim
@@ -69,15 +67,8 @@ def run_recipe(name: str, seed: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "recipes/text_classification.py", "--train-file", str(DATA / "subj" / "train.jsonl"),
            "--test-file", str(DATA / "subj" / "test.jsonl"), "--seed", str(seed), "--device", "cpu",
            "--no-progress", *extra, "--output-dir", str(out)]
-    shown = " ".join(c.replace(str(DATA), "$DATA").replace(str(ROOT) + "/", "") for c in cmd[1:])
-    print(f"\n$ python {shown}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
-        raise SystemExit(f"{name}: the recipe failed with exit code {proc.returncode}")
-    coverage = next((line for line in proc.stdout.splitlines() if line.startswith("embeddings ")), None)
+    shown, stdout, wall = run_command(name, cmd)
+    coverage = next((line for line in stdout.splitlines() if line.startswith("embeddings ")), None)
     if coverage:
         print(coverage)
     metrics = json.loads((out / "metrics.json").read_text())
