@@ -348,8 +348,8 @@ def predict(args, out: Path) -> dict:
     JSON Lines with one tag per token (sentences longer than the run's ``--max-length`` are tagged in
     windows). Only the run's model and tokenization settings are read from it."""
     max_tokens = None if args.max_tokens == "auto" else args.max_tokens  # predictions: the run's own budget
+    sentences = read_sentences(args.predict)  # bad input fails before the model is loaded
     run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
-    sentences = read_sentences(args.predict)
     preds = run.predict(sentences)
     sink = open_predictions(args.predictions)
     try:

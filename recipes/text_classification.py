@@ -342,8 +342,8 @@ def predict(args, out: Path) -> dict:
     """Classify texts with the trained run in ``--output-dir`` (``seqbucket_plugin.load_run``);
     writes JSON Lines. Only the run's model and tokenization settings are read from it."""
     max_tokens = None if args.max_tokens == "auto" else args.max_tokens  # predictions: the run's own budget
-    run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
     texts = read_texts(args.predict, args.text_column, args.column_names.split(",") if args.column_names else None)
+    run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
     preds = run.predict(texts)
     sink = open_predictions(args.predictions)
     try:
