@@ -654,3 +654,27 @@ def test_a_split_file_without_examples_is_an_error(tmp_path, name, content):
     with pytest.raises((DataFormatError, SeqBucketError)) as info:
         load(train)
     assert str(train) in str(info.value) and "column 'length'" not in str(info.value)
+
+
+def test_every_located_error_carries_path_and_line(tmp_path):
+    """One convention (issue 14): the file and line of a bad-input error are attributes, not only text."""
+    from seqbucket_plugin.training.cli import RecipeError
+
+    cases = [
+        (lambda: load_classification(write(tmp_path / "d.csv", "label,text\nneg,ok\nneutral,x\n"),
+                                     label_names=["neg"]), UnknownLabelError, "d.csv", 3),
+        (lambda: load_classification(write(tmp_path / "e.csv", "label,text\nneg,ok\npos, \n"), empty_policy="error"),
+         EmptyTextError, "e.csv", 3),
+        (lambda: load_conll_columns(write(tmp_path / "t.txt", "a O\nb X\n"), label_names=["O"]),
+         UnknownLabelError, "t.txt", 2),
+        (lambda: load_classification(write(tmp_path / "m.csv", "label,body\nneg,ok\n")), MissingColumnError,
+         "m.csv", None),
+    ]
+    for load, kind, name, line in cases:
+        with pytest.raises(kind) as info:
+            load()
+        assert isinstance(info.value, SeqBucketError)
+        assert info.value.path == str(tmp_path / name) and info.value.line == line, (kind, info.value)
+    assert SeqBucketError("plain").path is None and SeqBucketError("plain").line is None
+    error = RecipeError("--predictions x: cannot write", "x")
+    assert (str(error), error.path, error.line) == ("--predictions x: cannot write", "x", None)

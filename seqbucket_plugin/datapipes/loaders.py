@@ -1079,7 +1079,7 @@ def _require_columns(table: pa.Table, columns: Sequence[str], path: Path) -> Non
     names = table.column_names
     for column in columns:
         if column not in names:
-            raise MissingColumnError(column, names, os.fspath(path))
+            raise MissingColumnError(column, names, os.fspath(path), path=path)
     repeated = sorted({column for column in columns if names.count(column) > 1})
     if repeated:
         raise DataFormatError(f"column name(s) {repeated} appear more than once among {names}", path)
@@ -1159,7 +1159,8 @@ def _encode_int_labels(
         line, row = locate(first)
         raise UnknownLabelError(
             f"{_where(locate.path, line)}: unknown label {raw[first].as_py()} ({row}); integer labels must be "
-            f"ids below {len(names)} for label_names {_preview(names)}"
+            f"ids below {len(names)} for label_names {_preview(names)}",
+            path=locate.path, line=line,
         )
     return ids, names
 
@@ -1178,7 +1179,8 @@ def _encode_string_labels(
         source = "label_names" if fixed else "the file's ClassLabel names"
         raise UnknownLabelError(
             f"{_where(locate.path, line)}: unknown label {labels[first_unknown].as_py()!r} ({row}); "
-            f"not in {source} {_preview(names)}"
+            f"not in {source} {_preview(names)}",
+            path=locate.path, line=line,
         )
     return ids, names
 
@@ -1232,7 +1234,8 @@ def _apply_empty_policy(table: pa.Table, policy: str, locate: _RowLocator) -> tu
         line, row = locate(_first_true(empty))
         raise EmptyTextError(
             f"{_where(locate.path, line)}: empty or whitespace-only text ({row}; {count} such rows); "
-            'use empty_policy="drop" to skip them'
+            'use empty_policy="drop" to skip them',
+            path=locate.path, line=line,
         )
     return table.filter(pc.invert(empty)), count
 
@@ -1384,7 +1387,8 @@ def _build_tagging(
     if first_unknown is not None:
         raise UnknownLabelError(
             f"{_where(path, parsed.token_lines[first_unknown])}: unknown tag {parsed.tags[first_unknown]!r}; "
-            f"not in label_names {_preview(names)}"
+            f"not in label_names {_preview(names)}",
+            path=path, line=parsed.token_lines[first_unknown],
         )
     offsets = pa.array(parsed.offsets, pa.int32())
     columns = {

@@ -40,8 +40,7 @@ class RecipeError(SeqBucketError):
     ``path`` names the file concerned (or None)."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
-        self.path = None if path is None else os.fspath(path)
-        super().__init__(message)
+        super().__init__(message, path=path)
 
 
 # the range of every numeric option: (lowest, highest, whether the lowest itself is allowed); None: no bound.
