@@ -48,7 +48,9 @@ from seqbucket_plugin.training.cli import (
     RecipeError,
     apply_chosen,
     checkpoint_to_resume,
+    open_predictions,
     parse_args,
+    read_stdin_lines,
     run_main,
     run_options,
     save_config,
@@ -88,11 +90,26 @@ def add_task_arguments(parser):
     task.add_argument("--decoder", choices=["softmax", "crf"])
 
 
-def tag_options(value: str) -> dict:
+def tag_options(value, path: str) -> dict:
+    """``load_tagging`` options of ``--tag-column`` for the training file's format: ``upos``/``xpos``
+    for CoNLL-U (the default -1 means ``upos``), a column index for column files; the other kind is
+    refused rather than ignored."""
+    text = str(value).strip()
     try:
-        return {"tag_column": int(value)}
+        column = int(text)
     except ValueError:
-        return {"tag": value}
+        column = None
+    if Path(path).suffix.lower() == ".conllu":
+        if column is None:
+            return {"tag": text}
+        if column == -1:  # the default: UPOS
+            return {}
+        raise RecipeError(f"--tag-column {text}: {path} is a CoNLL-U file; give --tag-column upos or xpos (a column "
+                          "number applies to CoNLL column files)", path)
+    if column is None:
+        raise RecipeError(f"--tag-column {text}: {path} is a CoNLL column file; give the tag's column number "
+                          "(0-based; negative counts from the end, -1 = the last)", path)
+    return {"tag_column": column}
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -109,7 +126,8 @@ def load_data(args, out: Path) -> tuple[datasets.DatasetDict, list[str]]:
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
             raise RecipeError(f"--{flag.replace('_', '-')}: file not found: {path}")
-    loaded = load_tagging_splits(args.train_file, args.dev_file, args.test_file, **tag_options(str(args.tag_column)))
+    loaded = load_tagging_splits(args.train_file, args.dev_file, args.test_file,
+                                 **tag_options(args.tag_column, args.train_file))
     splits = {k: loaded[k] for k in ("train", "dev", "test") if k in loaded}
     if "dev" not in splits:
         held = splits["train"].train_test_split(test_size=0.1, seed=args.seed)
@@ -319,7 +337,7 @@ def read_sentences(path: str) -> list[list[str]]:
     ``load_sentences``: ``.conllu`` (the FORM column of each sentence), ``.jsonl`` (a ``tokens``
     list per line) or plain text (one sentence per non-blank line)."""
     if path == "-":
-        return [line.split() for line in sys.stdin if line.strip()]
+        return [line.split() for line in read_stdin_lines() if line.strip()]
     if not os.path.isfile(path):
         raise RecipeError(f"--predict: file not found: {path}")
     return load_sentences(path)
@@ -330,10 +348,10 @@ def predict(args, out: Path) -> dict:
     JSON Lines with one tag per token (sentences longer than the run's ``--max-length`` are tagged in
     windows). Only the run's model and tokenization settings are read from it."""
     max_tokens = None if args.max_tokens == "auto" else args.max_tokens  # predictions: the run's own budget
+    sentences = read_sentences(args.predict)  # bad input fails before the model is loaded
     run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
-    sentences = read_sentences(args.predict)
     preds = run.predict(sentences)
-    sink = open(args.predictions, "w", encoding="utf-8") if args.predictions else sys.stdout
+    sink = open_predictions(args.predictions)
     try:
         for i, pred in enumerate(preds):
             sink.write(json.dumps({"index": i, "tokens": pred["tokens"], "tags": pred["tags"]}) + "\n")

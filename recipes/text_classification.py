@@ -55,7 +55,9 @@ from seqbucket_plugin.training.cli import (
     RecipeError,
     apply_chosen,
     checkpoint_to_resume,
+    open_predictions,
     parse_args,
+    read_stdin_lines,
     run_main,
     run_options,
     save_config,
@@ -330,7 +332,7 @@ def read_texts(path: str, text_column: str, column_names: list[str] | None = Non
     (``.parquet``/``.csv``/``.tsv``/``.jsonl``: column ``text_column``; anything else: one text
     per non-blank line)."""
     if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        return [line.rstrip("\n") for line in read_stdin_lines() if line.strip()]
     if not os.path.isfile(path):
         raise RecipeError(f"--predict: file not found: {path}")
     return load_texts(path, text_column=text_column, column_names=column_names)
@@ -340,10 +342,10 @@ def predict(args, out: Path) -> dict:
     """Classify texts with the trained run in ``--output-dir`` (``seqbucket_plugin.load_run``);
     writes JSON Lines. Only the run's model and tokenization settings are read from it."""
     max_tokens = None if args.max_tokens == "auto" else args.max_tokens  # predictions: the run's own budget
-    run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
     texts = read_texts(args.predict, args.text_column, args.column_names.split(",") if args.column_names else None)
+    run = load_run(out, device=args.device, max_tokens=max_tokens, batch_size=args.batch_size)
     preds = run.predict(texts)
-    sink = open(args.predictions, "w", encoding="utf-8") if args.predictions else sys.stdout
+    sink = open_predictions(args.predictions)
     try:
         for i, pred in enumerate(preds):
             sink.write(json.dumps({"index": i, "label": pred["label"], "probability": round(pred["probability"], 4),

@@ -10,29 +10,45 @@ import os
 
 
 class SeqBucketError(Exception):
-    """Base class of every error the plugin raises on bad input or configuration."""
+    """Base class of every error the plugin raises on bad input or configuration.
+
+    ``path`` names the file the problem is in and ``line`` (1-based) the line, when they are
+    known (else None), on every subclass; the message says them too. Subclasses whose message is
+    built from ``path``/``line`` (:class:`DataFormatError`) take them first; the others take them
+    as keywords and keep their message as it is."""
+
+    path: str | None = None
+    line: int | None = None
+
+    def __init__(self, *args: object, path: str | os.PathLike | None = None, line: int | None = None):
+        super().__init__(*args)
+        if path is not None:
+            self.path = os.fspath(path)
+        if line is not None:
+            self.line = line
 
 
 class DataFormatError(SeqBucketError, ValueError):
     """A file is malformed. ``path`` and ``line`` (1-based, or None) locate the problem."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{os.fspath(path)}:{line}: " if line is not None else f"{os.fspath(path)}: "
+        super().__init__(f"{where}{message}", path=path, line=line)
         self.path = None if path is None else os.fspath(path)
         self.line = line
-        where = ""
-        if self.path is not None:
-            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
-        super().__init__(f"{where}{message}")
 
 
 class MissingColumnError(SeqBucketError, KeyError):
     """A requested column does not exist; the message lists the columns that do."""
 
-    def __init__(self, column: str, available: list[str] | tuple[str, ...], source: str | None = None):
+    def __init__(self, column: str, available: list[str] | tuple[str, ...], source: str | None = None, *,
+                 path: str | os.PathLike | None = None):
         self.column = column
         self.available = list(available)
         where = f" in {source}" if source else ""
-        super().__init__(f"column {column!r} not found{where}; available columns: {self.available}")
+        super().__init__(f"column {column!r} not found{where}; available columns: {self.available}", path=path)
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -60,8 +76,8 @@ class CheckpointError(SeqBucketError):
     ``path`` names the file."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
-        self.path = None if path is None else os.fspath(path)
-        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+        path = None if path is None else os.fspath(path)
+        super().__init__(f"{path}: {message}" if path is not None else message, path=path)
 
 
 class ResumeMismatchError(SeqBucketError):
@@ -87,11 +103,11 @@ class RunDirectoryError(SeqBucketError, ValueError):
     entry (or None). Raised by :func:`seqbucket_plugin.load_run` before anything is written."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None, key: str | None = None):
-        self.path = None if path is None else os.fspath(path)
+        path = None if path is None else os.fspath(path)
         self.key = key
-        where = "" if self.path is None else f"{self.path}: "
+        where = "" if path is None else f"{path}: "
         what = "" if key is None else f"{key!r}: "
-        super().__init__(f"{where}{what}{message}")
+        super().__init__(f"{where}{what}{message}", path=path)
 
 
 class BudgetSearchError(SeqBucketError):

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqbucket_plugin.constants import IGNORE_INDEX
 from seqbucket_plugin.errors import SeqBucketError
 
 __all__ = ["export_onnx"]
@@ -66,7 +67,7 @@ def _viterbi(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, e
         cur = torch.where(mask[:, t], prev, cur)
         path.append(cur)
     tags = torch.stack(path, dim=1).flip([1])  # (list.reverse() is lost in the ONNX export)
-    return tags.masked_fill(~mask, -100)
+    return tags.masked_fill(~mask, IGNORE_INDEX)
 
 
 _SCRIPTED: list = []
@@ -93,7 +94,7 @@ class _TaggerGraph(nn.Module):
         mask = torch.arange(input_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
         crf = self.model.crf
         if crf is None:
-            tags = emissions.argmax(-1).masked_fill(~mask, -100)
+            tags = emissions.argmax(-1).masked_fill(~mask, IGNORE_INDEX)
         else:
             tags = _scripted_viterbi()(emissions, mask, crf.start, crf.end, crf.transitions)
         return emissions, tags

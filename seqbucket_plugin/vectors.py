@@ -481,7 +481,7 @@ def build_embedding(
                               found_lowercased=int((found & ~exact).sum()), missing_examples=tuple(missing))
     if coverage.found == 0 and words > 0:
         raise SeqBucketError(f"{vectors.path or 'the vectors'}: no vector for any of the {words:,} words of the "
-                             f"vocabulary (e.g. {missing[:5]}); check the file and the casing")
+                             f"vocabulary (e.g. {missing[:5]}); check the file and the casing", path=vectors.path)
     dim = vectors.dim
     weight = torch.zeros(size, dim)
     found_t = torch.from_numpy(found)

@@ -351,3 +351,16 @@ def test_oom_error_type():
     assert "step 7" in message and "4 rows x 300 tokens" in message and "650 real" in message
     assert "--max-tokens 832" in message  # 70% of 1,200 -> 840 -> a multiple of 64
     assert issubclass(BatchOutOfMemoryError, MemoryError) and issubclass(ResumeMismatchError, Exception)
+
+
+def test_temporaries_of_a_killed_write_are_removed_at_the_next_write(tmp_path):
+    """A write killed (SIGKILL) before its rename leaves a .tmp-*.pt; the next write removes it."""
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.atomic_save({"step": 1}, path)
+    stale = [tmp_path / ".tmp-abc123.pt", tmp_path / ".tmp-k1ll3d.pt"]
+    for file in stale:
+        file.write_bytes(b"PK\x03\x04 half a checkpoint")
+    (tmp_path / "notes.pt").write_bytes(b"keep")
+    checkpoint.atomic_save({"step": 2}, tmp_path / "best_model.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "checkpoint.pt", "notes.pt"]
+    assert checkpoint.load_checkpoint(path)["step"] == 1

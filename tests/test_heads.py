@@ -106,11 +106,26 @@ def test_tagger_needs_chars_and_zero_length_rows():
     assert plain.decode(ids, [3, 0])[1].eq(-100).all()
 
 
-def test_heads_accept_every_registered_encoder():
-    for name in list_encoders():
-        model = SequenceClassifier(V, 2, embedding_dim=5, hidden_size=4, encoder=name, pooling="mean")
-        out = model(torch.randint(1, V, (3, 4)), [4, 2, 0], labels=torch.tensor([0, 1, 1]))
-        out.loss.backward()
+@pytest.mark.parametrize("name", list_encoders())
+def test_heads_accept_every_registered_encoder(name):
+    """Each registered encoder under a classifier: logits of the right shape, a finite loss that
+    reaches every parameter, and a row's result independent of the padding after it (and of the
+    other rows of the batch)."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(V, 2, embedding_dim=5, hidden_size=4, encoder=name, pooling="mean")
+    ids = torch.randint(1, V, (3, 4))
+    out = model(ids, [4, 2, 0], labels=torch.tensor([0, 1, 1]))
+    assert out.logits.shape == (3, 2) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        padded = model(ids, [4, 2, 0]).logits
+        noise = ids.clone()
+        noise[1, 2:] = (ids[1, 2:] % (V - 1)) + 1  # other ids in row 1's padding
+        alone = model(ids[1:2, :2], [2]).logits
+        torch.testing.assert_close(model(noise, [4, 2, 0]).logits[1], padded[1])
+        torch.testing.assert_close(alone[0], padded[1])
 
 
 @pytest.mark.parametrize("decoder,char_encoder", [("classifier", None), ("crf", "cnn"), ("softmax", "bilstm")])

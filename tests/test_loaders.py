@@ -620,3 +620,61 @@ def test_real_ud_ewt_splits_share_training_tags(tmp_path):
     assert (splits["dev"].num_rows, reports["dev"].tokens) == (2_001, 25_147)
     assert (splits["test"].num_rows, reports["test"].tokens) == (2_077, 25_094)
     assert splits["test"].features["tags"] == splits["train"].features["tags"]
+
+
+def test_tagging_options_of_the_other_format_are_refused(tmp_path):
+    """``tag`` applies to CoNLL-U, ``tag_column`` to column files; each used to be ignored by the other."""
+    conllu = write(tmp_path / "a.conllu", CONLLU)
+    columns = write(tmp_path / "b.txt", CONLL2003)
+    with pytest.raises(LoaderConfigError, match="is a CoNLL-U file: it takes tag='upos' or 'xpos', not tag_column=3"):
+        load_tagging(conllu, tag_column=3)
+    with pytest.raises(LoaderConfigError, match="is a CoNLL column file: it takes an integer tag_column"):
+        load_tagging(columns, tag="xpos")
+    assert load_tagging(conllu, tag="upos")["tokens"][1] == ["Hi"]
+    assert load_tagging(columns, tag_column=-1)["tokens"][1] == ["Peter"]
+
+
+def test_a_column_file_line_missing_a_column_counted_from_the_end(tmp_path):
+    """With tag_column=-1 a line without its tag would take its POS as the tag (a new class, no warning)."""
+    path = write(tmp_path / "t.txt", "EU NNP B-ORG\nrejects VBZ O\n\nPeter NNP\nsaid VBD O\n")
+    with pytest.raises(DataFormatError, match="found 2 whitespace-separated fields, but line 1 has 3") as info:
+        load_conll_columns(path)
+    assert (info.value.path, info.value.line) == (str(path), 4)
+    with pytest.raises(DataFormatError, match="expected at least 3 whitespace-separated fields") as info:
+        load_conll_columns(path, tag_column=2)  # counted from the start: too few fields, as before
+    assert info.value.line == 4
+    assert load_conll_columns(write(tmp_path / "ok.txt", "EU NNP B-ORG\n\nPeter NNP B-PER\n"))["tags"]
+
+
+@pytest.mark.parametrize("name,content", [("empty.jsonl", None), ("header.csv", "text,label\n"),
+                                          ("blank.conll", "\n\n"), ("docstart.conll", "-DOCSTART- O\n\n")])
+def test_a_split_file_without_examples_is_an_error(tmp_path, name, content):
+    train = write(tmp_path / name, content or "")
+    load = load_tagging_splits if name.endswith(".conll") else load_classification_splits
+    with pytest.raises((DataFormatError, SeqBucketError)) as info:
+        load(train)
+    assert str(train) in str(info.value) and "column 'length'" not in str(info.value)
+
+
+def test_every_located_error_carries_path_and_line(tmp_path):
+    """One convention (issue 14): the file and line of a bad-input error are attributes, not only text."""
+    from seqbucket_plugin.training.cli import RecipeError
+
+    cases = [
+        (lambda: load_classification(write(tmp_path / "d.csv", "label,text\nneg,ok\nneutral,x\n"),
+                                     label_names=["neg"]), UnknownLabelError, "d.csv", 3),
+        (lambda: load_classification(write(tmp_path / "e.csv", "label,text\nneg,ok\npos, \n"), empty_policy="error"),
+         EmptyTextError, "e.csv", 3),
+        (lambda: load_conll_columns(write(tmp_path / "t.txt", "a O\nb X\n"), label_names=["O"]),
+         UnknownLabelError, "t.txt", 2),
+        (lambda: load_classification(write(tmp_path / "m.csv", "label,body\nneg,ok\n")), MissingColumnError,
+         "m.csv", None),
+    ]
+    for load, kind, name, line in cases:
+        with pytest.raises(kind) as info:
+            load()
+        assert isinstance(info.value, SeqBucketError)
+        assert info.value.path == str(tmp_path / name) and info.value.line == line, (kind, info.value)
+    assert SeqBucketError("plain").path is None and SeqBucketError("plain").line is None
+    error = RecipeError("--predictions x: cannot write", "x")
+    assert (str(error), error.path, error.line) == ("--predictions x: cannot write", "x", None)

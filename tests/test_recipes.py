@@ -59,11 +59,20 @@ def test_classification_train_save_predict(cls_data, tmp_path, capsys, monkeypat
 
 
 def test_classification_tbptt_and_naive(cls_data, tmp_path):
+    """Both train with fixed rows per batch (--batch-size; no --max-tokens, the two are exclusive):
+    TBPTT on length buckets, the naive baseline across all lengths, so with more padding."""
+    no_budget = [a for a in SMALL_CLS if a not in ("--max-tokens", "4096")]
+    efficiency = {}
     for extra in (["--tbptt-chunk", "16", "--encoder", "lstm", "--batch-size", "16"],
                   ["--batching", "naive", "--batch-size", "32"]):
-        metrics = cls_recipe.main([*_files(cls_data), *SMALL_CLS, "--max-steps", "6", *extra,
-                                   "--output-dir", str(tmp_path / extra[0])])
-        assert 0.0 <= metrics["test_accuracy"] <= 1.0
+        out = tmp_path / extra[0]
+        metrics = cls_recipe.main([*_files(cls_data), *no_budget, "--max-steps", "6", *extra, "--output-dir", str(out)])
+        assert metrics["steps"] == 6 and 1 <= metrics["best_step"] <= 6
+        assert round(metrics["test_accuracy"] * 80) == pytest.approx(metrics["test_accuracy"] * 80)  # k of 80
+        config = json.loads((out / "config.json").read_text())
+        assert config["batch_size"] == int(extra[-1]) and config["max_tokens"] is None
+        efficiency[extra[0]] = json.loads((out / "run_summary.json").read_text())["padding_efficiency"]
+    assert efficiency["--tbptt-chunk"] > 0.8 > efficiency["--batching"], efficiency
 
 
 def test_max_length_zero_means_no_truncation(tmp_path):

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -269,6 +270,8 @@ class BucketBatcher(BaseNode[list[dict]]):
     STATS_KEY = "stats"
     BOUNDARIES_KEY = "boundaries"
     STREAM_CUT_KEY = "stream_cut"
+    #: what the state was planned from (see :meth:`planned_from`); a state of another pipeline is refused
+    PLANNED_FROM_KEY = "planned_from"
     #: with ``shuffle``, the share of a chunk's read (of a stream) held back for the next chunk.
     #: The first chunk then plans about ``(1 - HOLD_BACK) x buffer_size`` examples, later ones about
     #: ``buffer_size / (1 + HOLD_BACK)`` (the last: what is left), in random windows of the stream
@@ -355,6 +358,7 @@ class BucketBatcher(BaseNode[list[dict]]):
         self._truncate_to = self._budget_length()
         self._exhausted = False
         self._worker, self._num_workers = 0, 1
+        self._lengths_digest: tuple[int, str] | None = None
         self.stats = BatchingStats()
 
     # ------------------------------------------------------------------ planning
@@ -577,6 +581,7 @@ class BucketBatcher(BaseNode[list[dict]]):
                 self._load_chunk(None)
             return
         epoch, chunk, position, stats, boundaries, source_state = self._parse_state(initial_state)
+        self._check_planned_from(initial_state.get(self.PLANNED_FROM_KEY))
         if not self.indexed and initial_state.get(self.STREAM_CUT_KEY) != self._stream_cut():
             raise StateDictError(
                 f"this stream state was saved with {self.STREAM_CUT_KEY}="
@@ -683,7 +688,46 @@ class BucketBatcher(BaseNode[list[dict]]):
             self.STREAM_CUT_KEY: None if self.indexed else self._stream_cut(),
             self.BOUNDARIES_KEY: None if self._boundaries is None else self._boundaries.tolist(),
             self.STATS_KEY: self.stats.as_dict(),
+            self.PLANNED_FROM_KEY: self.planned_from(),
         }
+
+    def planned_from(self) -> dict[str, Any]:
+        """What this batcher plans from, saved with its state: the settings that shape the batches
+        (seed, order, budget) and, for a map-style source, the number of examples and a CRC32 of
+        their lengths. :meth:`reset` refuses a state whose record differs (a state of another
+        pipeline would silently skip or repeat examples). Ranks are not recorded: every rank of a
+        run restores the same state."""
+        record: dict[str, Any] = {
+            "seed": self.seed, "shuffle": self.shuffle, "batch_size": self.batch_size, "max_tokens": self.max_tokens,
+            "max_batch_size": self.max_batch_size, "pad_to_multiple_of": self.pad_to_multiple_of,
+            "drop_last": self.drop_last, "oversize": self.oversize, "longest_first": self.longest_first,
+        }
+        if self.indexed:
+            record["examples"], record["lengths_crc32"] = self._digest_lengths()
+        return record
+
+    def _digest_lengths(self) -> tuple[int, str]:
+        if self._lengths_digest is None:
+            if self._all_lengths is None:
+                self._all_lengths = np.asarray(self.source.lengths(self.length_key), dtype=np.int64)
+            data = np.ascontiguousarray(self._all_lengths, dtype=np.int64).tobytes()
+            self._lengths_digest = (int(self._all_lengths.size), f"{zlib.crc32(data):08x}")
+        return self._lengths_digest
+
+    def _check_planned_from(self, saved: Any) -> None:
+        """Refuse a state planned from other data or settings (a state without the record, from
+        an earlier version, is accepted as before)."""
+        if saved is None:
+            return
+        if not isinstance(saved, dict):
+            raise StateDictError(f"state {self.PLANNED_FROM_KEY!r} must be a dict, got {type(saved).__name__}")
+        mine = self.planned_from()
+        differ = [f"{key}: saved {saved.get(key)!r}, this batcher {mine.get(key)!r}"
+                  for key in sorted(set(saved) | set(mine)) if saved.get(key) != mine.get(key)]
+        if differ:
+            raise StateDictError("this state was saved by a batcher over other data or settings ("
+                                 + "; ".join(differ) + "); restoring it would skip or repeat examples. "
+                                 "Load it into the pipeline that saved it, or start the epoch without it.")
 
     def _stream_cut(self) -> str:
         """How a stream is cut into chunks, saved with the state (a restore must cut the same way)."""

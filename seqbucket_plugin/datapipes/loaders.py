@@ -423,9 +423,9 @@ def load_tagging(
     path: PathLike,
     *,
     format: str | None = None,
-    tag: str = "upos",
+    tag: str | None = None,
     token_column: int = 0,
-    tag_column: int = -1,
+    tag_column: int | None = None,
     label_names: Sequence[str] | None = None,
     return_report: Literal[False] = False,
     cache_dir: PathLike | None = None,
@@ -437,9 +437,9 @@ def load_tagging(
     path: PathLike,
     *,
     format: str | None = None,
-    tag: str = "upos",
+    tag: str | None = None,
     token_column: int = 0,
-    tag_column: int = -1,
+    tag_column: int | None = None,
     label_names: Sequence[str] | None = None,
     return_report: Literal[True],
     cache_dir: PathLike | None = None,
@@ -450,23 +450,34 @@ def load_tagging(
     path: PathLike,
     *,
     format: str | None = None,
-    tag: str = "upos",
+    tag: str | None = None,
     token_column: int = 0,
-    tag_column: int = -1,
+    tag_column: int | None = None,
     label_names: Sequence[str] | None = None,
     return_report: bool = False,
     cache_dir: PathLike | None = None,
 ) -> Dataset | tuple[Dataset, LoadReport]:
-    """Load a tagging file: ``.conllu`` (or ``format="conllu"``) with :func:`load_conllu` and ``tag``,
-    anything else (or ``format="conll"``) with :func:`load_conll_columns` and the column indices.
-    Same columns, report and errors as those functions.
+    """Load a tagging file: ``.conllu`` (or ``format="conllu"``) with :func:`load_conllu` and ``tag``
+    (default ``"upos"``), anything else (or ``format="conll"``) with :func:`load_conll_columns` and
+    the column indices (default ``tag_column=-1``). Same columns, report and errors as those functions.
+
+    Raises:
+        LoaderConfigError: ``tag`` given for a column file, or ``tag_column`` for a CoNLL-U file
+            (each applies only to its own format; it would be ignored).
     """
     fmt = format or ("conllu" if Path(path).suffix.lower() == ".conllu" else "conll")
     common = {"label_names": label_names, "return_report": return_report, "cache_dir": cache_dir}
     if fmt == "conllu":
-        return load_conllu(path, tag=tag, **common)
+        if tag_column is not None:
+            raise LoaderConfigError(f"{os.fspath(path)} is a CoNLL-U file: it takes tag='upos' or 'xpos', not "
+                                    f"tag_column={tag_column!r} (a column index of CoNLL column files)")
+        return load_conllu(path, tag="upos" if tag is None else tag, **common)
     if fmt == "conll":
-        return load_conll_columns(path, token_column=token_column, tag_column=tag_column, **common)
+        if tag is not None:
+            raise LoaderConfigError(f"{os.fspath(path)} is a CoNLL column file: it takes an integer tag_column "
+                                    f"(negative counts from the end), not tag={tag!r} (a CoNLL-U field)")
+        return load_conll_columns(path, token_column=token_column, tag_column=-1 if tag_column is None else tag_column,
+                                  **common)
     raise LoaderConfigError(f"tagging format must be 'conllu' or 'conll', got {fmt!r}")
 
 
@@ -662,6 +673,10 @@ def _load_splits(
         if path is None:
             continue
         splits[split], reports[split] = load(path, label_names=label_names, return_report=True, **options)
+        if splits[split].num_rows == 0:
+            dropped = reports[split].dropped_empty
+            why = f" ({dropped} empty example(s) dropped)" if dropped else ""
+            raise DataFormatError(f"the {split} file has no examples{why}", path)
         if label_names is None:
             label_names = names_of(splits[split])
     result = DatasetDict(splits)
@@ -1064,7 +1079,7 @@ def _require_columns(table: pa.Table, columns: Sequence[str], path: Path) -> Non
     names = table.column_names
     for column in columns:
         if column not in names:
-            raise MissingColumnError(column, names, os.fspath(path))
+            raise MissingColumnError(column, names, os.fspath(path), path=path)
     repeated = sorted({column for column in columns if names.count(column) > 1})
     if repeated:
         raise DataFormatError(f"column name(s) {repeated} appear more than once among {names}", path)
@@ -1144,7 +1159,8 @@ def _encode_int_labels(
         line, row = locate(first)
         raise UnknownLabelError(
             f"{_where(locate.path, line)}: unknown label {raw[first].as_py()} ({row}); integer labels must be "
-            f"ids below {len(names)} for label_names {_preview(names)}"
+            f"ids below {len(names)} for label_names {_preview(names)}",
+            path=locate.path, line=line,
         )
     return ids, names
 
@@ -1163,7 +1179,8 @@ def _encode_string_labels(
         source = "label_names" if fixed else "the file's ClassLabel names"
         raise UnknownLabelError(
             f"{_where(locate.path, line)}: unknown label {labels[first_unknown].as_py()!r} ({row}); "
-            f"not in {source} {_preview(names)}"
+            f"not in {source} {_preview(names)}",
+            path=locate.path, line=line,
         )
     return ids, names
 
@@ -1217,7 +1234,8 @@ def _apply_empty_policy(table: pa.Table, policy: str, locate: _RowLocator) -> tu
         line, row = locate(_first_true(empty))
         raise EmptyTextError(
             f"{_where(locate.path, line)}: empty or whitespace-only text ({row}; {count} such rows); "
-            'use empty_policy="drop" to skip them'
+            'use empty_policy="drop" to skip them',
+            path=locate.path, line=line,
         )
     return table.filter(pc.invert(empty)), count
 
@@ -1319,6 +1337,9 @@ def _parse_conll_columns(path: Path, token_column: int, tag_column: int, min_fie
     """One pass over a whitespace-separated one-token-per-line file (CoNLL-2003 style)."""
     out = _ParsedTagging(skipped={"docstart": 0})
     tokens, tags, token_lines = out.tokens, out.tags, out.token_lines
+    negative = token_column < 0 or tag_column < 0
+    first_width: int | None = None
+    first_line = 0
     try:
         with _open_text(path) as handle:
             for line_no, line in enumerate(handle, 1):
@@ -1336,6 +1357,17 @@ def _parse_conll_columns(path: Path, token_column: int, tag_column: int, min_fie
                         path,
                         line_no,
                     )
+                if negative:  # a line with a column missing would shift a column counted from the end
+                    if first_width is None:
+                        first_width, first_line = len(fields), line_no
+                    elif len(fields) != first_width:
+                        raise DataFormatError(
+                            f"found {len(fields)} whitespace-separated fields, but line {first_line} has "
+                            f"{first_width}; with token_column={token_column}, tag_column={tag_column} counted from "
+                            "the end, a missing column would take another column's value",
+                            path,
+                            line_no,
+                        )
                 tokens.append(fields[token_column])
                 tags.append(fields[tag_column])
                 token_lines.append(line_no)
@@ -1355,7 +1387,8 @@ def _build_tagging(
     if first_unknown is not None:
         raise UnknownLabelError(
             f"{_where(path, parsed.token_lines[first_unknown])}: unknown tag {parsed.tags[first_unknown]!r}; "
-            f"not in label_names {_preview(names)}"
+            f"not in label_names {_preview(names)}",
+            path=path, line=parsed.token_lines[first_unknown],
         )
     offsets = pa.array(parsed.offsets, pa.int32())
     columns = {

@@ -19,12 +19,13 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torchdata.nodes import BaseNode
 
+from seqbucket_plugin.constants import IGNORE_INDEX
 from seqbucket_plugin.errors import DataFormatError, MissingColumnError
 
 __all__ = ["LABEL_PAD_ID", "Collate", "ColumnarBatch", "ExampleBatch", "Pack", "PackedBatch", "collate_packed",
            "collate_table"]
 
-LABEL_PAD_ID = -100
+LABEL_PAD_ID = IGNORE_INDEX  # the label padding: the one IGNORE_INDEX (seqbucket_plugin.constants)
 """Padding value of token labels; ``torch.nn.CrossEntropyLoss`` ignores it by default."""
 
 

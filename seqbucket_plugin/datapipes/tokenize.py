@@ -41,6 +41,8 @@ import pyarrow.compute as pc
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torchdata.nodes import BaseNode
 
+from seqbucket_plugin.constants import IGNORE_INDEX
+
 if TYPE_CHECKING:
     import datasets
 
@@ -68,7 +70,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 """Label of input ids that carry no tag (non-first sub-word pieces, BOS/EOS); ignored by
 ``torch.nn.CrossEntropyLoss`` by default."""
 

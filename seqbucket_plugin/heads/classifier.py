@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqbucket_plugin.constants import IGNORE_INDEX
 from seqbucket_plugin.encoders.base import EncoderOutput
 from seqbucket_plugin.encoders.registry import create_encoder
 from seqbucket_plugin.heads._common import keyword_inputs, resolve_token_inputs, word_dropout
@@ -98,5 +99,5 @@ class SequenceClassifier(nn.Module):
         logits = self.mlp(enc.pooled)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits, labels.to(logits.device).long().view(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits, labels.to(logits.device).long().view(-1), ignore_index=IGNORE_INDEX)
         return ClassifierOutput(logits, loss, enc)

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from seqbucket_plugin.constants import IGNORE_INDEX
 from seqbucket_plugin.encoders.base import resolve_lengths, to_device_index
 from seqbucket_plugin.encoders.errors import EncoderInputError
-
-IGNORE_INDEX = -100
 
 
 class CRF(nn.Module):

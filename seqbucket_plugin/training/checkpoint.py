@@ -26,11 +26,35 @@ import torch
 
 from seqbucket_plugin.errors import CheckpointError
 
-__all__ = ["atomic_save", "capture_rng_state", "load_checkpoint", "restore_rng_state", "verify_checkpoint"]
+__all__ = ["atomic_save", "capture_rng_state", "load_checkpoint", "remove_stale_temporaries", "restore_rng_state",
+           "verify_checkpoint"]
+
+
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".pt"
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Remove the temporary files (``.tmp-*.pt``) that a write killed before its rename left in
+    ``directory`` (a process killed with SIGKILL cannot clean up); returns the names removed.
+    One process writes a run's checkpoints, so none of them is still being written."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+    """``torch.save(obj)`` to ``path`` atomically (temp file + fsync + ``os.replace``); first the
+    temporary files of killed writes in that directory are removed.
 
     Raises:
         CheckpointError: the write failed (e.g. no space left on device); the temporary file is
@@ -39,7 +63,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import json
 import os
 import sys
@@ -16,8 +17,9 @@ from seqbucket_plugin.training.auto_settings import choose_schedule_settings
 from seqbucket_plugin.training.checkpoint import verify_checkpoint
 from seqbucket_plugin.training.engine import CHECKPOINT_FILE, TrainConfig
 
-__all__ = ["RecipeError", "add_common_arguments", "apply_chosen", "checkpoint_to_resume", "load_config", "parse_args", "run_main",
-           "run_options", "save_config", "settle_settings", "train_config"]
+__all__ = ["RecipeError", "add_common_arguments", "apply_chosen", "checkpoint_to_resume", "load_config",
+           "open_predictions", "parse_args", "read_stdin_lines", "run_main", "run_options", "save_config",
+           "settle_settings", "train_config", "validate_options"]
 
 CONFIG_FILE = "config.json"
 # options whose default is not in every config file
@@ -34,7 +36,28 @@ AUTO_OPTIONS = frozenset({"max_length", "min_frequency", "word_dropout", "max_to
 
 
 class RecipeError(SeqBucketError):
-    """A bad argument or input of a recipe; the recipe prints it and exits with status 2."""
+    """A bad argument or input of a recipe; the recipe prints it and exits with status 2.
+    ``path`` names the file concerned (or None)."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message, path=path)
+
+
+# the range of every numeric option: (lowest, highest, whether the lowest itself is allowed); None: no bound.
+# Checked by validate_options on the merged command line and config, before anything is written.
+OPTION_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "max_tokens": (1, None, True), "batch_size": (1, None, True), "max_batch_size": (1, None, True),
+    "max_length": (0, None, True), "num_buckets": (1, None, True), "head_fraction": (0.0, 1.0, True),
+    "tbptt_chunk": (0, None, True), "vocab_size": (1, None, True), "min_frequency": (0, None, True),
+    "embedding_dim": (1, None, True), "hidden_size": (1, None, True), "num_layers": (1, None, True),
+    "char_dim": (1, None, True), "char_filters": (1, None, True),
+    "dropout": (0.0, 1.0, True), "word_dropout": (0.0, 1.0, True), "embedding_dropout": (0.0, 1.0, True),
+    "epochs": (1, None, True), "max_steps": (0, None, True), "grad_accum": (1, None, True),
+    "lr": (0.0, None, False), "weight_decay": (0.0, None, True), "warmup_ratio": (0.0, 1.0, True),
+    "clip_norm": (0.0, None, True), "patience": (0, None, True), "eval_every": (0, None, True),
+    "save_every": (0, None, True), "seed": (0, None, True), "nonfinite_patience": (0, None, True),
+    "threads": (0, None, True), "log_every": (0, None, True),
+}
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -216,12 +239,127 @@ def parse_args(argv: Sequence[str] | None, description: str, default_config: str
     actions = sorted(set(config) & set(PER_INVOCATION))
     if actions:  # a config file (perhaps someone else's) sets options, never actions or other files
         raise RecipeError(f"{known.config}: {actions} cannot be set in a config file; give them on the command line")
+    _check_config_types(parser, config, known.config)
+    missing = sorted(a.dest for a in parser._actions if a.option_strings and a.dest not in config
+                     and a.dest not in BUILT_IN_DEFAULTS and a.dest not in PER_INVOCATION and a.dest != "help")
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise RecipeError(f"{known.config}: a config file sets every option, but {shown} are missing; start from "
+                          f"{os.path.basename(default_config)} (or a run's config.json) and change what you need",
+                          known.config)
     parser.set_defaults(**{**BUILT_IN_DEFAULTS, **config})  # shown by --help; a config file may override them
     args = parser.parse_args(argv)
     for flag, default in BUILT_IN_DEFAULTS.items():  # a config value of null
         if getattr(args, flag) is None:
             setattr(args, flag, default)
+    validate_options(args)
     return args
+
+
+def _check_config_types(parser: argparse.ArgumentParser, config: dict[str, Any], source: str) -> None:
+    """A config value must be what its option's argparse type would give (or null): ``epochs: 1.5``
+    or ``lr: "fast"`` is refused rather than used as it is (argparse converts only string defaults)."""
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in config.items():
+        action = actions.get(key)
+        if action is None or value is None:
+            continue
+        flag = action.option_strings[-1] if action.option_strings else key
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            ok, want = isinstance(value, bool), "true or false"
+        elif action.choices is not None:
+            ok, want = value in action.choices and not isinstance(value, bool), f"one of {list(action.choices)}"
+        elif action.type is int:
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif action.type is float:
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif action.type is max_tokens_value:
+            ok = (isinstance(value, int) and not isinstance(value, bool)) or value == "auto"
+            want = "an integer or 'auto'"
+        else:  # strings (a column given as a number, e.g. tag_column: -1, is fine)
+            ok, want = isinstance(value, (str, int)) and not isinstance(value, bool), "a string"
+        if not ok:
+            raise RecipeError(f"{source}: {key} ({flag}) must be {want}, got {json.dumps(value)}", source)
+
+
+def validate_options(args: argparse.Namespace) -> None:
+    """Every option's range (:data:`OPTION_RANGES`) and the combinations that cannot work, checked
+    once right after parsing, before anything is read or written.
+
+    Raises:
+        RecipeError: naming the flag, its value and what it accepts.
+    """
+    values = vars(args)
+    for key, (low, high, low_ok) in OPTION_RANGES.items():
+        value = values.get(key)
+        if value is None or value == "auto":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if low is not None and (value < low or (value == low and not low_ok)):
+            bound = f">= {low}" if low_ok else f"> {low}"
+            if high is not None:
+                bound = f"in [{low}, {high}]" if low_ok else f"in ({low}, {high}]"
+            extra = {"max_length": " (0: no truncation)", "max_steps": " (0: no cap)"}.get(key, "")
+            raise RecipeError(f"{flag} must be {bound}{extra}, got {value}")
+        if high is not None and value > high:
+            raise RecipeError(f"{flag} must be in [{low}, {high}], got {value}")
+    if values.get("batch_size") is not None and values.get("max_tokens") is not None:
+        raise RecipeError(f"give --batch-size (fixed rows per batch) or --max-tokens (a token budget per batch), not "
+                          f"both (got --batch-size {values['batch_size']} and --max-tokens {values['max_tokens']})")
+    predictions = values.get("predictions")
+    if predictions and os.path.isdir(predictions):
+        raise RecipeError(f"--predictions {predictions} is a directory; give the file to write", predictions)
+    output_dir = values.get("output_dir")
+    if output_dir and not values.get("predict"):
+        _check_writable_dir(output_dir)
+
+
+def _check_writable_dir(directory: str | os.PathLike) -> None:
+    """``--output-dir`` is (or can be created as) a writable directory; nothing is created here."""
+    path = os.path.abspath(os.fspath(directory))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == path else f"is under {probe}, a file"
+        raise RecipeError(f"--output-dir {os.fspath(directory)} {what}, not a directory", probe)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else f"cannot be created: {probe} is not writable"
+        raise RecipeError(f"--output-dir {os.fspath(directory)} {what}", probe)
+
+
+def open_predictions(path: str | None):
+    """The sink of ``--predict``: ``path`` opened for writing (UTF-8), or stdout when None.
+
+    Raises:
+        RecipeError: the file cannot be created (a directory, a missing or read-only folder)."""
+    if not path:
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as err:
+        raise RecipeError(f"--predictions {path}: cannot write ({err.strerror or err})", path) from err
+
+
+def read_stdin_lines() -> list[str]:
+    """The lines of stdin (``--predict -``), decoded as UTF-8.
+
+    Raises:
+        RecipeError: stdin is not UTF-8 text (naming the line)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (e.g. io.StringIO in tests)
+        return list(sys.stdin)
+    lines = []
+    for line_no, raw in enumerate(buffer, 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise RecipeError(f"--predict -: stdin line {line_no} is not UTF-8 text ({err.reason} at byte "
+                              f"{err.start}); convert it, e.g. with iconv -t utf-8") from None
+    return [line.replace("\r\n", "\n") for line in lines]
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -306,11 +444,18 @@ def checkpoint_to_resume(args: argparse.Namespace, output_dir: str | os.PathLike
 
 
 def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
-    """Run a recipe's ``main`` as a script: documented errors print ``error: ...`` on stderr and
-    exit with status 2; anything else propagates (a bug should show its traceback)."""
+    """Run a recipe's ``main`` as a script: documented errors (every :class:`SeqBucketError`, a
+    missing file, a full disk or exceeded quota) print one ``error: ...`` line on stderr and exit
+    with status 2; anything else propagates (a bug should show its traceback)."""
     try:
         main(argv)
     except (SeqBucketError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"error: disk full{where} ({err.strerror or err}); free some space and run again", file=sys.stderr)
         return 2
     return 0

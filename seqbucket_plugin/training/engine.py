@@ -51,7 +51,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -740,9 +740,3 @@ def oom_message(batch: Any, device: torch.device, step: int) -> str:
             f"({padded:,} padded tokens{real}). Lower the token budget: --max-tokens {fits} keeps every batch "
             f"at most {fits:,} padded tokens (--max-length shortens the longest examples; --longest-first "
             f"shows such an error at step 1).")
-
-
-def iterate_to_device(loader: Iterable, device: torch.device) -> Iterable:
-    """Each batch of ``loader`` moved to ``device`` (``non_blocking``)."""
-    for batch in loader:
-        yield batch.to(device, non_blocking=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from seqbucket_plugin.constants import IGNORE_INDEX
+
 __all__ = [
     "accuracy",
     "get_spans",
@@ -56,7 +58,7 @@ def macro_f1(predicted: Sequence[int], gold: Sequence[int], labels: Iterable[int
     return sum(f1s) / len(f1s)
 
 
-def token_accuracy(predicted: Sequence[Sequence[int]], gold: Sequence[Sequence[int]], ignore: int = -100) -> float:
+def token_accuracy(predicted: Sequence[Sequence[int]], gold: Sequence[Sequence[int]], ignore: int = IGNORE_INDEX) -> float:
     """Token-level accuracy over all sentences, skipping gold positions equal to ``ignore``."""
     right = total = 0
     for p_row, g_row in zip(predicted, gold):

@@ -18,6 +18,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from torch import nn
 
+from seqbucket_plugin.constants import IGNORE_INDEX
 from seqbucket_plugin.datapipes import TextTokenizer
 from seqbucket_plugin.training.classification import naive_batch
 from seqbucket_plugin.training.distributed import map_batches
@@ -145,7 +146,7 @@ def evaluate_tagger(model: nn.Module, batches: Iterable, device: torch.device, t
     metrics = {"accuracy": token_accuracy(predicted, gold)}
     if is_span_scheme(tag_names):
         def names(rows, ref):
-            return [[tag_names[t] if t >= 0 else "O" for t, r in zip(row, ref_row) if r != -100]
+            return [[tag_names[t] if t >= 0 else "O" for t, r in zip(row, ref_row) if r != IGNORE_INDEX]
                     for row, ref_row in zip(rows, ref)]
         metrics.update(span_prf(names(predicted, gold), names(gold, gold)))
     return metrics
