@@ -67,7 +67,7 @@ def _viterbi(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, e
         cur = torch.where(mask[:, t], prev, cur)
         path.append(cur)
     tags = torch.stack(path, dim=1).flip([1])  # (list.reverse() is lost in the ONNX export)
-    return tags.masked_fill(~mask, IGNORE_INDEX)
+    return tags.masked_fill(~mask, -100)  # IGNORE_INDEX: TorchScript cannot read a module global
 
 
 _SCRIPTED: list = []

@@ -240,7 +240,9 @@ def test_chars_json_must_match_the_character_embedding(tag_run, tmp_path, capsys
         load_run(run)
     assert info.value.path.endswith("chars.json") and info.value.key == "chars"
     (run / "chars.json").write_text(json.dumps({"chars": ["a", "a"]}), encoding="utf-8")
-    assert run_main(tag_recipe.main, ["--predict", str(run / "chars.json"), "--output-dir", str(run)]) == 2
+    sentences = tmp_path / "input.txt"  # valid input: the run directory is what is refused
+    sentences.write_text("he met Kalomi Renta .\n", encoding="utf-8")
+    assert run_main(tag_recipe.main, ["--predict", str(sentences), "--output-dir", str(run)]) == 2
     assert "appears twice" in capsys.readouterr().err
 
 

@@ -50,7 +50,7 @@ def _write_if_changed(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def write_classification_data(directory: str | os.PathLike, *, n_train: int = 3000, n_dev: int = 400,
+def write_classification_data(directory: str | os.PathLike, *, n_train: int = 2400, n_dev: int = 400,
                               n_test: int = 400, seed: int = 0) -> dict[str, str]:
     """Write ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` to ``directory`` (created if needed).
 
@@ -68,7 +68,7 @@ def write_classification_data(directory: str | os.PathLike, *, n_train: int = 30
         lines = []
         for _ in range(n):
             label = rng.choice(classes)
-            length = min(200, int(rng.lognormvariate(3.0, 0.7)) + 4)
+            length = min(300, int(rng.lognormvariate(3.4, 0.7)) + 4)
             words = [rng.choice(filler) for _ in range(length)]
             n_cues = rng.choice((1, 1, 2, 3))
             other = rng.choice([c for c in classes if c != label])
