@@ -10,6 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 from hypothesis import settings
+from torchdata.nodes import BaseNode
 
 # Deterministic property tests: the same examples on every run (CI and local). Set
 # HYPOTHESIS_PROFILE=explore to draw fresh random examples when hunting for bugs.
@@ -36,6 +37,28 @@ def real_data(name: str) -> Path:
     if not folder.is_dir():
         pytest.skip(f"real data set {name!r} not found at ../shared/data/{name} (not part of a fresh clone)")
     return folder
+
+
+class CountingSource(BaseNode):
+    """A stream of ``n`` examples read in order, whose position ``i`` shows how far it was read
+    (example ``i`` has ``i % 50`` tokens)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def reset(self, initial_state=None):
+        super().reset(initial_state)
+        self.i = 0 if initial_state is None else initial_state["i"]
+
+    def next(self):
+        if self.i >= self.n:
+            raise StopIteration
+        self.i += 1
+        return {"input_ids": [1] * (self.i % 50), "length": self.i % 50, "id": self.i}
+
+    def get_state(self):
+        return {"i": self.i}
 
 
 def make_examples(lengths, *, label_mod: int = 2) -> list[dict]:

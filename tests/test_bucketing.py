@@ -7,10 +7,10 @@ import collections
 import datasets
 import numpy as np
 import pytest
-from conftest import make_examples
+from conftest import CountingSource, make_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torchdata.nodes import BaseNode, IterableWrapper, Loader
+from torchdata.nodes import IterableWrapper, Loader
 
 from seqbucket_plugin import OversizeExampleError, StateDictError
 from seqbucket_plugin.datapipes import BucketBatcher, MapDatasetSource, estimate_boundaries, plan_batches
@@ -207,25 +207,7 @@ def test_stats_match_batches():
 
 
 def test_streaming_memory_is_bounded_by_the_buffer():
-    class Counting(BaseNode):
-        def __init__(self, n):
-            super().__init__()
-            self.n = n
-
-        def reset(self, initial_state=None):
-            super().reset(initial_state)
-            self.i = 0 if initial_state is None else initial_state["i"]
-
-        def next(self):
-            if self.i >= self.n:
-                raise StopIteration
-            self.i += 1
-            return {"input_ids": [1] * (self.i % 50), "length": self.i % 50, "id": self.i}
-
-        def get_state(self):
-            return {"i": self.i}
-
-    source = Counting(10_000)
+    source = CountingSource(10_000)
     batcher = BucketBatcher(source, max_tokens=400, buffer_size=500)
     yielded = 0
     for batch in Loader(batcher):
