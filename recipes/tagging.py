@@ -269,7 +269,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
         vocabularies = TextTokenizer.load(out / "tokenizer"), CharVocab.load(out / "chars.json")
         splits, tag_names, tokenizer, chars, tokenized, chosen = prepare(args, out, recorder, vocabularies)
     resolve_auto_max_tokens(                                                             # --max-tokens auto (CUDA)
-        args, ctx, out, chosen, longest=int(np.max(tokenized["train"]["length"])),
+        args, ctx, out, chosen, longest=lambda: int(np.max(tokenized["train"]["length"])),
         build_model=lambda: build_model(args, tokenizer.vocab_size, len(tag_names), len(chars), tokenizer.pad_id,
                                         tokenizer.unk_id),
         make_batch=dataset_worst_case_batches(tokenized["train"], tokenizer.pad_id,

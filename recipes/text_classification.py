@@ -263,7 +263,7 @@ def train(args, out: Path, ctx: DistContext) -> dict:
         splits, label_names, tokenizer, tokenized, chosen = prepare(args, out, recorder,
                                                                     TextTokenizer.load(out / "tokenizer"))
     resolve_auto_max_tokens(                                                          # --max-tokens auto (CUDA)
-        args, ctx, out, chosen, longest=int(np.max(tokenized["train"]["length"])),
+        args, ctx, out, chosen, longest=lambda: int(np.max(tokenized["train"]["length"])),
         build_model=lambda: build_model(args, tokenizer.vocab_size, len(label_names), tokenizer.pad_id,
                                         tokenizer.unk_id),
         make_batch=dataset_worst_case_batches(tokenized["train"], tokenizer.pad_id),

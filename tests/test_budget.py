@@ -209,7 +209,7 @@ def test_recipe_trains_with_the_budget_found_and_resumes_with_it(cls_data, tmp_p
     real_resolve = cls_recipe.resolve_auto_max_tokens
 
     def resolve(args, ctx, out, chosen, **kwargs):
-        longest[0] = kwargs["longest"]
+        longest[0] = kwargs["longest"]() if callable(kwargs["longest"]) else kwargs["longest"]
         return real_resolve(args, ctx, out, chosen, **kwargs)
 
     monkeypatch.setattr(cls_recipe, "resolve_auto_max_tokens", resolve)

@@ -310,12 +310,15 @@ def check_auto_max_tokens(args: Any, device: torch.device) -> None:
 
 def resolve_auto_max_tokens(args: Any, ctx: Any, output_dir: Any, chosen: Any, *,
                             build_model: Callable[[], nn.Module], make_batch: Callable[[int], Any],
-                            step: Callable, longest: int, probe: MemoryProbe | None = None) -> None:
+                            step: Callable, longest: int | Callable[[], int],
+                            probe: MemoryProbe | None = None) -> None:
     """Replace ``args.max_tokens == "auto"`` by the largest budget that fits (:func:`find_max_tokens`
     with ``max_rows=args.max_batch_size``), recorded in ``chosen`` with the search's summary as the
     reason. Rank 0 searches; every rank gets its result. A resumed run reuses the budget its
     ``config.json`` recorded (a search could come out a little different and the resume would
-    then be refused as another run). No-op unless ``args.max_tokens == "auto"``."""
+    then be refused as another run). No-op unless ``args.max_tokens == "auto"``; ``longest`` may be
+    a callable, and ``make_batch`` reads the data only when called, so a run with a numeric budget
+    pays nothing at start-up."""
     if getattr(args, "max_tokens", None) != AUTO:
         return
     import json
@@ -334,7 +337,8 @@ def resolve_auto_max_tokens(args: Any, ctx: Any, output_dir: Any, chosen: Any, *
         print(f"--max-tokens auto: searching the largest token budget that fits {ctx.device} ...")
         cuda = [ctx.device] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # the run's own model and dropout draw as without the search
-            result = find_max_tokens(build_model, make_batch, step, ctx.device, longest=longest,
+            result = find_max_tokens(build_model, make_batch, step, ctx.device,
+                                     longest=longest() if callable(longest) else longest,
                                      max_rows=getattr(args, "max_batch_size", None), probe=probe, log=print)
         value, reason = result.max_tokens, "--max-tokens auto: " + result.summary()
     value, reason = ctx.broadcast_object((value, reason))
@@ -346,14 +350,22 @@ def dataset_worst_case_batches(dataset: Any, pad_id: int, transform: Callable[[A
                                length_key: str = "length") -> Callable[[int], Any]:
     """``make_batch(rows)`` over a tokenized ``datasets.Dataset``: its ``rows`` longest examples
     collated into a :class:`~seqbucket_plugin.datapipes.PackedBatch` (CPU) as the pipeline's
-    ``pack`` does, then ``transform`` (the recipe's per-batch ``map`` step, e.g. character ids)."""
+    ``pack`` does, then ``transform`` (the recipe's per-batch ``map`` step, e.g. character ids).
+    The lengths are read at the first call, not before."""
     from seqbucket_plugin.datapipes import collate_packed
 
     def select(indices: np.ndarray) -> Any:
         batch = collate_packed(list(dataset.select(indices.tolist())), pad_id=pad_id)
         return transform(batch) if transform is not None else batch
 
-    return longest_rows_batches(np.asarray(dataset[length_key]), select)
+    made: list[Callable[[int], Any]] = []
+
+    def make_batch(rows: int) -> Any:
+        if not made:
+            made.append(longest_rows_batches(np.asarray(dataset[length_key]), select))
+        return made[0](rows)
+
+    return make_batch
 
 
 def amp_autocast(enabled: bool, device: torch.device) -> Callable[[], Any]:
