@@ -3,7 +3,6 @@ and a fake memory probe: the search itself, its margin, its failures, and the re
 
 from __future__ import annotations
 
-import functools
 import json
 import types
 
@@ -16,6 +15,7 @@ from seqbucket_plugin.datapipes import collate_packed
 from seqbucket_plugin.errors import BudgetSearchError
 from seqbucket_plugin.heads import SequenceClassifier
 from seqbucket_plugin.training import budget
+from seqbucket_plugin.training import recipe as recipe_run
 from seqbucket_plugin.training.auto_settings import Chosen
 from seqbucket_plugin.training.classification import classification_step
 from seqbucket_plugin.training.cli import run_main
@@ -190,9 +190,7 @@ def test_recipe_bad_max_tokens_value_is_a_usage_error(cls_data, tmp_path, capsys
 def test_recipe_trains_with_the_budget_found_and_resumes_with_it(cls_data, tmp_path, monkeypatch, capsys):
     """The CUDA path of --max-tokens auto on the CPU: the device check passes, the probe is fake and
     steps above 5 rows of the longest length raise an out-of-memory error."""
-    monkeypatch.setattr(cls_recipe, "check_auto_max_tokens", lambda args, device: None)
-    monkeypatch.setattr(cls_recipe, "resolve_auto_max_tokens",
-                        functools.partial(budget.resolve_auto_max_tokens, probe=FakeProbe()))
+    monkeypatch.setattr(recipe_run, "check_auto_max_tokens", lambda args, device: None)
     real_step = cls_recipe.classification_step
 
     def step_that_fails_above(*args, **kwargs):
@@ -206,13 +204,12 @@ def test_recipe_trains_with_the_budget_found_and_resumes_with_it(cls_data, tmp_p
         return step
 
     longest = [0]
-    real_resolve = cls_recipe.resolve_auto_max_tokens
 
     def resolve(args, ctx, out, chosen, **kwargs):
         longest[0] = kwargs["longest"]() if callable(kwargs["longest"]) else kwargs["longest"]
-        return real_resolve(args, ctx, out, chosen, **kwargs)
+        return budget.resolve_auto_max_tokens(args, ctx, out, chosen, probe=FakeProbe(), **kwargs)
 
-    monkeypatch.setattr(cls_recipe, "resolve_auto_max_tokens", resolve)
+    monkeypatch.setattr(recipe_run, "resolve_auto_max_tokens", resolve)
     monkeypatch.setattr(cls_recipe, "classification_step", step_that_fails_above)
     out = tmp_path / "run"
     cls_recipe.main([*recipe_files(cls_data), *SMALL, "--max-tokens", "auto", "--output-dir", str(out)])

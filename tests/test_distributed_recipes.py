@@ -8,7 +8,6 @@ makes every rank fail after N training batches (an interruption, for the resume 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -21,11 +20,13 @@ import pytest
 import torch
 from conftest import load_recipe
 
-from seqbucket_plugin.datapipes import TextTokenizer
+from seqbucket_plugin.datapipes import Pipe, TextTokenizer
 from seqbucket_plugin.training import write_classification_data, write_tagging_data
 from seqbucket_plugin.training.classification import evaluate_classifier
 from seqbucket_plugin.training.cli import run_main
 from seqbucket_plugin.training.distributed import state_dict_sha256
+from seqbucket_plugin.training.options import ClassificationOptions
+from seqbucket_plugin.training.recipe import DataFiles
 
 pytestmark = pytest.mark.slow
 
@@ -113,16 +114,20 @@ def test_metrics_equal_a_single_process_evaluation(full_run):
     out, _, _ = full_run
     recipe = load_recipe("text_classification", "ddp")
     metrics = json.loads((out / "metrics.json").read_text())
-    args = argparse.Namespace(**json.loads((out / "config.json").read_text()), resume=False)
+    saved = {k: v for k, v in json.loads((out / "config.json").read_text()).items() if not k.startswith("_")}
+    opts = ClassificationOptions(**saved)
     tokenizer = TextTokenizer.load(out / "tokenizer")
-    splits, names = recipe.load_data(args, out)
-    model = recipe.build_model(args, tokenizer.vocab_size, len(names), tokenizer.pad_id, tokenizer.unk_id)
+    splits = recipe.read_splits(opts, DataFiles(opts.train_file, opts.dev_file, opts.test_file))
+    names = recipe.label_names(splits["train"])
+    model = recipe.build_model(opts, tokenizer, len(names))
     model.load_state_dict(torch.load(out / "best_model.pt", weights_only=True))
     model.eval()
     device = torch.device("cpu")
     for split in ("dev", "test"):
-        loader = recipe.make_pipe(args, recipe.tokenize(args, tokenizer, splits[split]), tokenizer, device,
-                                  train=False).loader()
+        loader = (Pipe.from_hf(recipe.tokenize(opts, tokenizer, splits[split]))
+                  .bucket_batch(max_tokens=opts.max_tokens, max_batch_size=opts.max_batch_size, oversize="truncate",
+                                num_buckets=opts.num_buckets, shuffle=False)
+                  .pack(pad_id=tokenizer.pad_id).loader())
         with torch.no_grad():
             single = evaluate_classifier(model, loader, device, num_classes=len(names))
         assert single == {"accuracy": metrics[f"{split}_accuracy"], "macro_f1": metrics[f"{split}_macro_f1"]}

@@ -1,38 +1,37 @@
-"""Command-line plumbing shared by the recipes: JSON configs as argparse defaults, the effective
-config saved with the run, and clean failures (a message and exit status 2, no traceback)."""
+"""Command-line plumbing shared by the recipes: the command line derived from the option
+dataclasses (:mod:`~seqbucket_plugin.training.options`), ``--config`` files over their defaults,
+the effective config saved with the run, and clean failures (one ``error:`` line, exit status 2,
+no traceback)."""
 
 from __future__ import annotations
 
 import argparse
-import copy
 import errno
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from seqbucket_plugin.errors import SeqBucketError
 from seqbucket_plugin.training.auto_settings import choose_schedule_settings
 from seqbucket_plugin.training.checkpoint import verify_checkpoint
 from seqbucket_plugin.training.engine import CHECKPOINT_FILE, TrainConfig
+from seqbucket_plugin.training.options import (
+    RecipeOptions,
+    auto_options,
+    build_parser,
+    max_tokens_value,
+    option_ranges,
+    per_invocation_options,
+)
 
-__all__ = ["RecipeError", "add_common_arguments", "apply_chosen", "checkpoint_to_resume", "load_config",
+__all__ = ["RecipeError", "apply_chosen", "checkpoint_to_resume", "load_config",
            "open_predictions", "parse_args", "read_stdin_lines", "run_main", "run_options", "save_config",
            "settle_settings", "train_config", "validate_options"]
 
 CONFIG_FILE = "config.json"
-# options whose default is not in every config file
-BUILT_IN_DEFAULTS = {"amp": True, "progress": True, "resume": False, "grad_accum": 1, "nonfinite": "stop",
-                     "nonfinite_patience": 10, "longest_first": False, "embeddings": None,
-                     "freeze_embeddings": False, "log_every": 0, "report_to": "none"}
-
-
-# what one invocation does, never saved in config.json nor read from a config file
-PER_INVOCATION = ("resume", "resuming", "overwrite", "predict", "predictions", "config")
-# options that a config value of null leaves to seqbucket_plugin.training.auto_settings
-AUTO_OPTIONS = frozenset({"max_length", "min_frequency", "word_dropout", "max_tokens", "max_batch_size", "metric", "epochs", "lr",
-                          "warmup_ratio", "eval_every", "patience", "decoder"})
 
 
 class RecipeError(SeqBucketError):
@@ -41,23 +40,6 @@ class RecipeError(SeqBucketError):
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
         super().__init__(message, path=path)
-
-
-# the range of every numeric option: (lowest, highest, whether the lowest itself is allowed); None: no bound.
-# Checked by validate_options on the merged command line and config, before anything is written.
-OPTION_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    "max_tokens": (1, None, True), "batch_size": (1, None, True), "max_batch_size": (1, None, True),
-    "max_length": (0, None, True), "num_buckets": (1, None, True), "head_fraction": (0.0, 1.0, True),
-    "tbptt_chunk": (0, None, True), "vocab_size": (1, None, True), "min_frequency": (0, None, True),
-    "embedding_dim": (1, None, True), "hidden_size": (1, None, True), "num_layers": (1, None, True),
-    "char_dim": (1, None, True), "char_filters": (1, None, True),
-    "dropout": (0.0, 1.0, True), "word_dropout": (0.0, 1.0, True), "embedding_dropout": (0.0, 1.0, True),
-    "epochs": (1, None, True), "max_steps": (0, None, True), "grad_accum": (1, None, True),
-    "lr": (0.0, None, False), "weight_decay": (0.0, None, True), "warmup_ratio": (0.0, 1.0, True),
-    "clip_norm": (0.0, None, True), "patience": (0, None, True), "eval_every": (0, None, True),
-    "save_every": (0, None, True), "seed": (0, None, True), "nonfinite_patience": (0, None, True),
-    "threads": (0, None, True), "log_every": (0, None, True),
-}
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -94,115 +76,19 @@ def save_config(config: dict[str, Any], output_dir: str | os.PathLike,
     return path
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options both recipes share (defaults come from the config file, see :func:`parse_args`)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--train-file", help="training file (format from the suffix); none: generated data")
-    data.add_argument("--dev-file", help="dev file (default: 10%% of the training file)")
-    data.add_argument("--test-file", help="test file (default: none, or the dataset's test split)")
-    data.add_argument("--dataset", help="a Hugging Face Hub dataset name (needs internet), instead of files")
-    data.add_argument("--max-length", type=int, help="truncate examples to this many tokens (0: no truncation)")
-    batching = parser.add_argument_group("batching")
-    batching.add_argument("--max-tokens", type=max_tokens_value,
-                          help="token budget per batch, padding included; 'auto' (CUDA only): the largest budget "
-                               "whose longest batches train within GPU memory, found by real training steps "
-                               "(seqbucket_plugin.training.budget)")
-    batching.add_argument("--batch-size", type=int, help="fixed rows per batch (instead of --max-tokens)")
-    batching.add_argument("--max-batch-size", type=int, help="at most this many rows per --max-tokens batch")
-    batching.add_argument("--longest-first", action="store_true", default=None,
-                          help="put each epoch's largest batch first, so an out-of-memory error shows at step 1")
-    batching.add_argument("--batching", choices=["bucket", "naive"],
-                          help="bucket: length buckets (default); naive: batches across all lengths, "
-                               "fixed --batch-size, the model runs over the padding (baseline)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--encoder", help="a registered encoder name (see list_encoders())")
-    model.add_argument("--embedding-dim", type=int, help="word vector size")
-    model.add_argument("--hidden-size", type=int, help="encoder hidden size per direction")
-    model.add_argument("--num-layers", type=int, help="encoder layers")
-    model.add_argument("--dropout", type=float, help="dropout rate of the model")
-    model.add_argument("--word-dropout", type=float,
-                       help="training only: probability that a word is replaced by the unknown word")
-    model.add_argument("--embeddings", metavar="FILE",
-                       help="initialise the word embedding from pretrained vectors (word2vec text/binary, GloVe, "
-                            "fastText .vec; only the vocabulary's rows are read); sets --embedding-dim")
-    model.add_argument("--freeze-embeddings", action="store_true", default=None,
-                       help="keep the --embeddings vectors fixed in training")
-    model.add_argument("--vocab-size", type=int, help="at most this many words in the vocabulary (special tokens "
-                                                         "included)")
-    model.add_argument("--min-frequency", type=int, help="words seen fewer times are unknown")
-    train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, help="passes over the training set")
-    train.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (0: no cap)")
-    train.add_argument("--grad-accum", type=int,
-                       help="batches per optimizer step (gradient accumulation; keeps the effective batch "
-                            "when the number of processes changes)")
-    train.add_argument("--lr", type=float, help="peak learning rate (AdamW, linear warm-up and decay)")
-    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (not on embeddings and biases)")
-    train.add_argument("--warmup-ratio", type=float, help="share of the steps spent warming the learning rate up")
-    train.add_argument("--clip-norm", type=float, help="clip the gradient norm to this (0: no clipping)")
-    train.add_argument("--patience", type=int, help="early stopping: evaluations without improvement (0: off)")
-    train.add_argument("--metric", help="dev metric that selects the best model and stops early (accuracy, "
-                                        "macro_f1; tagging: accuracy, f1)")
-    train.add_argument("--eval-every", type=int, help="evaluate every N steps (0: at epoch ends only)")
-    train.add_argument("--save-every", type=int, help="checkpoint every N steps (and at epoch ends)")
-    train.add_argument("--seed", type=int, help="seed of the initialisation, batches and dropout")
-    train.add_argument("--nonfinite", choices=["stop", "skip"],
-                       help="a NaN/inf loss: stop with an error naming the step (default), or skip the step and "
-                            "count it")
-    train.add_argument("--nonfinite-patience", type=int,
-                       help="with --nonfinite skip: stop after this many skipped steps in a row (0: never)")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when available")
-    train.add_argument("--threads", type=int, help="torch CPU threads (0: torch's default)")
-    train.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                       help="no mixed precision on CUDA")
-    train.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                       help="no progress bar (it is shown only on a terminal)")
-    train.add_argument("--log-every", type=int, metavar="N",
-                       help="print the train loss, learning rate and tokens/s every N optimizer steps (0: only at "
-                            "evaluations)")
-    train.add_argument("--report-to", choices=["none", "tensorboard"],
-                       help="also write the train and dev figures for TensorBoard to <output-dir>/tensorboard "
-                            "(pip install 'seqbucket_plugin[tensorboard]')")
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", help="where the config, tokenizer, labels, model, metrics and plots go")
-    run.add_argument("--resume", action="store_true", default=None,
-                     help="continue from the checkpoint in --output-dir")
-    run.add_argument("--overwrite", action="store_true", default=False,
-                     help="train from scratch into an --output-dir that holds a run, replacing it (without "
-                          "--resume or --overwrite such a directory is refused)")
-    run.add_argument("--predict", metavar="FILE",
-                     help="predict with the trained model in --output-dir ('-' reads stdin); no training")
-    run.add_argument("--predictions", metavar="FILE", help="where --predict writes JSON Lines (default stdout)")
-
-
-def max_tokens_value(text: str) -> int | str:
-    """``--max-tokens``: a positive int, or ``auto`` (the largest budget that fits the GPU)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'auto', got {text!r}") from None
-
-
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every option's default: ``(default: from the training data)`` for the options chosen
     at start-up, ``(default: on)``/``(default: off)`` for flags (``--no-amp``: what is on without
-    it), ``(default: none)`` for an unset one, and a default for options without a help text."""
+    it), ``(default: none)`` for an unset one."""
 
-    def _format_action(self, action):
-        if action.option_strings and not action.help and action.default is not argparse.SUPPRESS \
-                and action.dest != "help":
-            action = copy.copy(action)
-            action.help = "\0"  # argparse prints no help (and so no default) for an empty help
-        return super()._format_action(action)
+    auto: frozenset[str] = frozenset()
 
     def _get_help_string(self, action):
-        text = (action.help or "").replace("\0", "").strip()
-        if action.dest in AUTO_OPTIONS and action.default is None:
+        text = (action.help or "").strip()
+        if action.dest in self.auto and action.default is None:
             return f"{text} (default: from the training data)".strip()
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            value = action.default if action.default is not None else BUILT_IN_DEFAULTS.get(action.dest, False)
+            value = bool(action.default)
             if isinstance(action, argparse._StoreFalseAction):  # --no-amp: the default says what is on
                 state = f"{action.dest.replace('_', ' ')} {'on' if value else 'off'}"
             else:
@@ -215,43 +101,34 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
-def parse_args(argv: Sequence[str] | None, description: str, default_config: str,
-               add_task_arguments: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
-    """Parse ``argv`` with defaults from ``--config`` (default ``default_config``).
+def parse_args(argv: Sequence[str] | None, options: type[RecipeOptions], description: str) -> RecipeOptions:
+    """Parse ``argv`` into an ``options`` instance (a :class:`RecipeOptions` dataclass, whose
+    fields declare every option's default): the command line wins over a ``--config`` file, which
+    wins over the dataclass. A config file may set any subset of the options (``null`` or absent:
+    the default); it never sets per-invocation options (``--resume``, ``--predict``...).
 
-    Every option has a value afterwards: the command line wins over the config file. Raises
-    ``SystemExit(2)`` (argparse's usual behaviour) on unknown options, and :class:`RecipeError`
-    on an unreadable config or a config key that is not an option.
+    Raises:
+        SystemExit(2): unknown options or a malformed value (argparse's usual behaviour).
+        RecipeError: an unreadable config, a config key that is not an option or whose value has
+            the wrong type, or a value out of its range (:func:`validate_options`).
     """
+    formatter = type("Formatter", (_DefaultsFormatter,), {"auto": auto_options(options)})
+    parser = build_parser(options, description, formatter)
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=default_config)
+    pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    config = load_config(known.config)
-    parser = argparse.ArgumentParser(description=description, formatter_class=_DefaultsFormatter)
-    parser.add_argument("--config", default=default_config, help="JSON config with the defaults of every option")
-    add_common_arguments(parser)
-    add_task_arguments(parser)
-    options = {a.dest for a in parser._actions}
-    unknown = sorted(set(config) - options)
-    if unknown:
-        raise RecipeError(f"{known.config}: unknown config keys {unknown}")
-    config.pop("config", None)  # saved by older runs; a config file never names another file
-    actions = sorted(set(config) & set(PER_INVOCATION))
-    if actions:  # a config file (perhaps someone else's) sets options, never actions or other files
-        raise RecipeError(f"{known.config}: {actions} cannot be set in a config file; give them on the command line")
-    _check_config_types(parser, config, known.config)
-    missing = sorted(a.dest for a in parser._actions if a.option_strings and a.dest not in config
-                     and a.dest not in BUILT_IN_DEFAULTS and a.dest not in PER_INVOCATION and a.dest != "help")
-    if missing:
-        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-        raise RecipeError(f"{known.config}: a config file sets every option, but {shown} are missing; start from "
-                          f"{os.path.basename(default_config)} (or a run's config.json) and change what you need",
-                          known.config)
-    parser.set_defaults(**{**BUILT_IN_DEFAULTS, **config})  # shown by --help; a config file may override them
-    args = parser.parse_args(argv)
-    for flag, default in BUILT_IN_DEFAULTS.items():  # a config value of null
-        if getattr(args, flag) is None:
-            setattr(args, flag, default)
+    if known.config:
+        config = load_config(known.config)
+        unknown = sorted(set(config) - {a.dest for a in parser._actions})
+        if unknown:
+            raise RecipeError(f"{known.config}: unknown config keys {unknown}", known.config)
+        actions = sorted(set(config) & set(per_invocation_options(options)))
+        if actions:  # a config file (perhaps someone else's) sets options, never actions or other files
+            raise RecipeError(f"{known.config}: {actions} cannot be set in a config file; give them on the command "
+                              "line", known.config)
+        _check_config_types(parser, config, known.config)
+        parser.set_defaults(**{k: v for k, v in config.items() if v is not None})
+    args = options(**vars(parser.parse_args(argv)))
     validate_options(args)
     return args
 
@@ -283,14 +160,15 @@ def _check_config_types(parser: argparse.ArgumentParser, config: dict[str, Any],
 
 
 def validate_options(args: argparse.Namespace) -> None:
-    """Every option's range (:data:`OPTION_RANGES`) and the combinations that cannot work, checked
+    """Every option's range (declared in :mod:`~seqbucket_plugin.training.options`) and the
+    combinations that cannot work, checked
     once right after parsing, before anything is read or written.
 
     Raises:
         RecipeError: naming the flag, its value and what it accepts.
     """
     values = vars(args)
-    for key, (low, high, low_ok) in OPTION_RANGES.items():
+    for key, (low, high, low_ok) in option_ranges(type(args) if is_dataclass(args) else RecipeOptions).items():
         value = values.get(key)
         if value is None or value == "auto":
             continue
@@ -365,19 +243,14 @@ def read_stdin_lines() -> list[str]:
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options a run saves as ``config.json`` (not the per-invocation ones: resume, overwrite,
     predict, and the path of the ``--config`` file)."""
-    return {k: v for k, v in vars(args).items() if k not in PER_INVOCATION}
+    per_invocation = per_invocation_options()
+    return {k: v for k, v in vars(args).items() if k not in per_invocation}
 
 
-def train_config(args: argparse.Namespace, metric: str | None = None) -> TrainConfig:
+def train_config(args: Any) -> TrainConfig:
     """The :class:`~seqbucket_plugin.training.TrainConfig` of parsed recipe options (after the
-    options chosen from the data are filled in); ``metric`` defaults to ``args.metric``."""
-    metric = metric or args.metric
-    return TrainConfig(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
-                       warmup_ratio=args.warmup_ratio, clip_norm=args.clip_norm, patience=args.patience,
-                       eval_every=args.eval_every, save_every=args.save_every, metric=metric, amp=args.amp,
-                       progress=args.progress, seed=args.seed, grad_accum=args.grad_accum,
-                       nonfinite=args.nonfinite, nonfinite_patience=args.nonfinite_patience,
-                       log_every=args.log_every, report_to=args.report_to)
+    options chosen from the data are filled in): every TrainConfig field, read from ``args``."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
 
 def apply_chosen(args: argparse.Namespace, chosen: Any) -> None:

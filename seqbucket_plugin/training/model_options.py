@@ -20,14 +20,21 @@ __all__ = ["check_embeddings", "check_options", "encoder_kwargs", "pretrained_em
 _NEUTRAL = {"num_layers": 1, "dropout": 0.0, "input_dropout": 0.0}
 
 
-def _config_default(args: argparse.Namespace, dest: str) -> Any:
+def _config_default(args: Any, dest: str) -> Any:
+    """The value ``dest`` has when not given on the command line: the ``--config`` file's, else the
+    option's declared default (:mod:`~seqbucket_plugin.training.options`)."""
     from seqbucket_plugin.training.cli import load_config
 
     path = getattr(args, "config", None)
-    try:
-        return load_config(path).get(dest) if path else None
-    except Exception:  # the config was read once already; a failure here only loses the note
-        return None
+    if path:
+        try:
+            value = load_config(path).get(dest)
+        except Exception:  # the config was read once already; a failure here only loses the note
+            value = None
+        if value is not None:
+            return value
+    declared = getattr(type(args), "__dataclass_fields__", {}).get(dest)
+    return None if declared is None else declared.default
 
 
 def encoder_kwargs(args: argparse.Namespace, options: dict[str, tuple[str, Any]], *, quiet: bool = False
