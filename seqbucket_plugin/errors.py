@@ -114,3 +114,12 @@ class BudgetSearchError(SeqBucketError):
     """The largest-budget search (:func:`seqbucket_plugin.training.budget.find_max_tokens`, a
     recipe's ``--max-tokens auto``) cannot run or finds nothing that fits: not on a CUDA device
     without a memory probe, or not even one row of the longest length fits."""
+
+
+class RecipeError(SeqBucketError):
+    """A bad option or input of a recipe (``recipes/*.py``); :func:`~seqbucket_plugin.training.cli.run_main`
+    prints it as one ``error:`` line and exits with status 2. ``path`` names the file concerned
+    (or None)."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message, path=path)

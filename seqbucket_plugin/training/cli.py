@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from seqbucket_plugin.errors import SeqBucketError
+from seqbucket_plugin.errors import RecipeError, SeqBucketError
 from seqbucket_plugin.training.auto_settings import choose_schedule_settings
 from seqbucket_plugin.training.checkpoint import verify_checkpoint
 from seqbucket_plugin.training.engine import CHECKPOINT_FILE, TrainConfig
@@ -32,14 +32,6 @@ __all__ = ["RecipeError", "apply_chosen", "checkpoint_to_resume", "load_config",
            "settle_settings", "train_config", "validate_options"]
 
 CONFIG_FILE = "config.json"
-
-
-class RecipeError(SeqBucketError):
-    """A bad argument or input of a recipe; the recipe prints it and exits with status 2.
-    ``path`` names the file concerned (or None)."""
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None):
-        super().__init__(message, path=path)
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
