@@ -42,16 +42,19 @@ def _data(work: Path, tree: Path) -> dict[str, Path]:
     (work / "empty.jsonl").write_text("")
     (work / "header.csv").write_text("text,label\n")
     conllu = work / "tiny.conllu"
-    conllu.write_text("1\tHello\thello\tINTJ\tUH\t_\t0\troot\t_\t_\n2\tthere\tthere\tADV\tRB\t_\t1\tadvmod\t_\t_\n\n")
-    short = work / "short.conll"
-    lines = paths["tag"].read_text().splitlines()
-    lines[3] = lines[3].split()[0]  # a line without its tag column
+    conllu.write_text("1\tHello\thello\tINTJ\tUH\t_\t0\troot\t_\t_\n2\tthere\tthere\tADV\tRB\t_\t1\tadvmod\t_\t_\n\n" * 20)
+    short = work / "short.conll"  # token POS TAG lines; one without its TAG (its POS would be read as the tag)
+    lines = [f"{line.split()[0]} X {line.split()[1]}" if line.strip() else ""
+             for line in paths["tag"].read_text().splitlines()]
+    lines[3] = " ".join(lines[3].split()[:2])
     short.write_text("\n".join(lines) + "\n")
+    one = work / "one.conllu"
+    one.write_text("1\tHello\thello\tINTJ\tUH\t_\t0\troot\t_\t_\n\n")
     (work / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
     (work / "a_dir").mkdir()
     (work / "a_file").write_text("x")
     return {**paths, "empty": work / "empty.jsonl", "header": work / "header.csv", "conllu": conllu,
-            "short": short, "latin1": work / "latin1.txt", "dir": work / "a_dir", "file": work / "a_file"}
+            "short": short, "one": one, "latin1": work / "latin1.txt", "dir": work / "a_dir", "file": work / "a_file"}
 
 
 def cases(d: dict[str, Path]) -> list[tuple[str, str, list[str], Path | None]]:
@@ -74,17 +77,16 @@ def cases(d: dict[str, Path]) -> list[tuple[str, str, list[str], Path | None]]:
         ("--tag-column xpos on a column file", TAG, [*tag, "--tag-column", "xpos"], None),
         ("--tag-column 3 on a .conllu", TAG, ["--train-file", str(d["conllu"]), *SMALL, "--tag-column", "3"], None),
         ("a column-file line without its tag", TAG, ["--train-file", str(d["short"]), *SMALL], None),
+        ("a one-sentence training file, no dev file", TAG, ["--train-file", str(d["one"]), *SMALL], None),
         ("an empty training file", CLS, ["--train-file", str(d["empty"]), *SMALL], None),
         ("a header-only training file", CLS, ["--train-file", str(d["header"]), *SMALL], None),
     ]
 
 
 def run_case(tree: Path, recipe: str, args: list[str], stdin: Path | None, work: Path, n: int) -> dict:
-    out = work / f"run{n}"
+    out = work / ("trained" if "--predict" in args else f"run{n}")  # --predict: the run trained first
     if "--output-dir" not in args:
         args = [*args, "--output-dir", str(out)]
-    if "--predict" in args:  # a trained run to predict with
-        out = work / "trained"
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as source:
         proc = subprocess.run([sys.executable, str(tree / recipe), *args], stdin=source, capture_output=True,
@@ -106,7 +108,9 @@ def main() -> None:
         partial = work / "partial.json"
         partial.write_text(json.dumps({"hidden_size": 16}))
         float_epochs = work / "float_epochs.json"
-        float_epochs.write_text(json.dumps({"epochs": 1.5}))
+        shipped = tree / "recipes" / "configs" / "text_classification.json"  # older checkouts: configs set all
+        base = json.loads(shipped.read_text()) if shipped.is_file() else {}
+        float_epochs.write_text(json.dumps({**base, "epochs": 1.5}))
         texts = work / "texts.txt"
         texts.write_text("a fine film\n")
         subprocess.run([sys.executable, str(tree / CLS), "--train-file", str(d["cls"]), *SMALL, "--output-dir",

@@ -166,6 +166,13 @@ def test_tag_column_number_on_a_conllu_file(tmp_path, capsys):
                   "is a CoNLL-U file; give --tag-column upos or xpos")
 
 
+def test_too_few_examples_to_hold_out_a_dev_set(tmp_path, capsys):
+    """One sentence and no --dev-file: the 10% hold-out used to fail inside train_test_split."""
+    data = _conllu(tmp_path / "one.conllu", sentences=1)
+    fails_cleanly(tag_recipe, ["--train-file", str(data), *TINY_TAG], tmp_path / "run", capsys,
+                  "the training set has 1 example(s), too few to hold 10% out as a dev set; give a --dev-file")
+
+
 def test_conllu_with_the_default_tag_column_takes_upos(tmp_path):
     data = _conllu(tmp_path / "s.conllu")
     out = tmp_path / "run"

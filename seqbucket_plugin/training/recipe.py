@@ -63,6 +63,7 @@ __all__ = ["DataFiles", "RecipeRun", "hub_splits", "predict_input_lines", "predi
 GENERATED_DIR = "generated_data"
 LABELS_FILE = "labels.json"
 DEV_FRACTION = 0.1
+MIN_TRAIN_FOR_DEV = 10
 
 
 @dataclass(frozen=True)
@@ -224,11 +225,14 @@ class RecipeRun:
     def load_splits(self, read: Callable[[DataFiles | None], Mapping[str, datasets.Dataset]],
                     generate: Callable[..., dict[str, str]]) -> datasets.DatasetDict:
         """``read(files)`` (``files`` None with ``--dataset``), with a dev set held out of the
-        training set (10%, seeded) when there is none, and (debug runs) an ``idx`` column of
+        training set (10%, seeded) when there is none (a RecipeError under 10 examples), and (debug runs) an ``idx`` column of
         example ids on the training set."""
         files = None if self.opts.dataset else self.data_files(generate)
         splits = {name: split for name, split in read(files).items() if split is not None}
         if "dev" not in splits:
+            if len(splits["train"]) < MIN_TRAIN_FOR_DEV:
+                raise RecipeError(f"the training set has {len(splits['train'])} example(s), too few to hold "
+                                  f"{DEV_FRACTION:.0%} out as a dev set; give a --dev-file", self.opts.train_file)
             held = splits["train"].train_test_split(test_size=DEV_FRACTION, seed=self.opts.seed)
             splits["train"], splits["dev"] = held["train"], held["test"]
             print(f"no dev set: holding out {DEV_FRACTION:.0%} of the training set")
