@@ -7,6 +7,7 @@ from seqbucket_plugin.errors import (
     CheckpointError,
     DataFormatError,
     EmptyTextError,
+    LoaderConfigError,
     MissingColumnError,
     NonFiniteLossError,
     OversizeExampleError,
@@ -15,6 +16,7 @@ from seqbucket_plugin.errors import (
     SeqBucketError,
     StateDictError,
     UnknownLabelError,
+    WorkerSplitError,
 )
 
 if TYPE_CHECKING:  # what type checkers see of the lazily imported names
@@ -28,6 +30,7 @@ __all__ = [
     "CheckpointError",
     "DataFormatError",
     "EmptyTextError",
+    "LoaderConfigError",
     "MissingColumnError",
     "NonFiniteLossError",
     "OversizeExampleError",
@@ -36,6 +39,7 @@ __all__ = [
     "SeqBucketError",
     "StateDictError",
     "UnknownLabelError",
+    "WorkerSplitError",
     "__version__",
     "load_run",
     "load_vectors",

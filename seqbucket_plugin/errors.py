@@ -54,6 +54,12 @@ class MissingColumnError(SeqBucketError, KeyError):
         return str(self.args[0])
 
 
+class LoaderConfigError(SeqBucketError, ValueError):
+    """A loader argument is invalid: unknown format or policy, malformed ``label_names``, bad column index.
+    ``path`` names the file when the problem is the argument's fit to that file (a suffix that names
+    no format, ``tag_column`` for a CoNLL-U file), else it is None."""
+
+
 class UnknownLabelError(SeqBucketError, ValueError):
     """A label is not in the label set (e.g. an evaluation label never seen in training)."""
 
@@ -68,6 +74,10 @@ class OversizeExampleError(SeqBucketError, ValueError):
 
 class StateDictError(SeqBucketError, ValueError):
     """A state dict does not match the pipeline it is loaded into."""
+
+
+class WorkerSplitError(SeqBucketError, RuntimeError):
+    """A pipe cannot be split across ``torch.utils.data.DataLoader`` workers without duplicates."""
 
 
 class CheckpointError(SeqBucketError):

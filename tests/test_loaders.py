@@ -678,3 +678,59 @@ def test_every_located_error_carries_path_and_line(tmp_path):
     assert SeqBucketError("plain").path is None and SeqBucketError("plain").line is None
     error = RecipeError("--predictions x: cannot write", "x")
     assert (str(error), error.path, error.line) == ("--predictions x: cannot write", "x", None)
+
+
+@pytest.mark.parametrize(
+    "name, content, load, kind, line, message",
+    [
+        ("row.csv", "label,text\nneg,ok\npos,a,b\n", load_classification, DataFormatError, 3,
+         "expected 2 fields, found 3"),
+        ("bad.jsonl", '{"label": "neg", "text": "ok"}\n\n{"label": "pos", "text": }\n', load_classification,
+         DataFormatError, 3, "invalid JSON"),
+        ("short.conllu", "# sent_id = s1\n1\tHi\t_\tINTJ\t_\t_\t_\t_\t_\t_\n2\tthere\tADV\n", load_conllu,
+         DataFormatError, 3, "expected 10 tab-separated fields, found 3"),
+        ("short.txt", "a O\nb\n", load_conll_columns, DataFormatError, 2, "expected at least 2"),
+        ("nolabel.csv", "text,category\nok,neg\n", load_classification, MissingColumnError, None,
+         "column 'label' not found"),
+        ("nolabel.jsonl", '{"text": "ok"}\n', load_classification, MissingColumnError, None,
+         "column 'label' not found"),
+    ],
+)
+def test_file_errors_carry_path_and_line_as_attributes(tmp_path, name, content, load, kind, line, message):
+    path = write(tmp_path / name, content)
+    with pytest.raises(kind) as info:
+        load(path)
+    error = info.value
+    assert isinstance(error, SeqBucketError) and message in str(error)
+    assert (error.path, error.line) == (str(path), line)
+    assert str(path) in str(error)
+    if line is not None:
+        assert str(error).startswith(f"{path}:{line}: ")
+
+
+def test_loader_config_errors_about_a_file_carry_its_path(tmp_path):
+    unknown = write(tmp_path / "data.xyz", "text,label\nok,0\n")
+    with pytest.raises(LoaderConfigError, match="cannot infer the format") as info:
+        load_classification(unknown)
+    assert (info.value.path, info.value.line) == (str(unknown), None)
+    conllu = write(tmp_path / "a.conllu", "1\tHi\t_\tINTJ\t_\t_\t_\t_\t_\t_\n")
+    with pytest.raises(LoaderConfigError) as info:
+        load_tagging(conllu, tag_column=3)
+    assert info.value.path == str(conllu)
+    with pytest.raises(LoaderConfigError) as info:  # an argument error names no file
+        load_classification(unknown, format="xml")
+    assert info.value.path is None
+
+
+def test_loader_and_pipe_errors_live_in_the_one_hierarchy():
+    import seqbucket_plugin
+    from seqbucket_plugin import datapipes, errors
+    from seqbucket_plugin.datapipes import loaders, pipe
+
+    for name in ("LoaderConfigError", "WorkerSplitError"):
+        error = getattr(errors, name)
+        assert issubclass(error, errors.SeqBucketError) and error.__module__ == "seqbucket_plugin.errors"
+        assert getattr(seqbucket_plugin, name) is error and getattr(datapipes, name) is error
+    assert loaders.LoaderConfigError is errors.LoaderConfigError and issubclass(errors.LoaderConfigError, ValueError)
+    assert pipe.WorkerSplitError is errors.WorkerSplitError and issubclass(errors.WorkerSplitError, RuntimeError)
+    assert all(hasattr(loaders, name) for name in loaders.__all__)

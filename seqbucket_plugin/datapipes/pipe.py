@@ -27,13 +27,9 @@ from seqbucket_plugin.datapipes.tokenize import (
     tokenize_dataset,
     tokenize_tagged_dataset,
 )
-from seqbucket_plugin.errors import SeqBucketError, StateDictError
+from seqbucket_plugin.errors import StateDictError, WorkerSplitError
 
 __all__ = ["Pipe", "PipeIterableDataset", "PipeLoader", "WorkerSplitError"]
-
-
-class WorkerSplitError(SeqBucketError, RuntimeError):
-    """A pipe cannot be split across ``torch.utils.data.DataLoader`` workers without duplicates."""
 
 
 def _batches_per_epoch(batcher: BucketBatcher | None, what: str) -> int:
