@@ -38,6 +38,10 @@ from seqbucket_plugin.training.recipe import RecipeRun, hub_splits, predict_inpu
 DESCRIPTION = __doc__.split("\n")[0]
 
 
+def column_names(opts: ClassificationOptions) -> list[str] | None:
+    return opts.column_names.split(",") if opts.column_names else None
+
+
 def read_splits(opts: ClassificationOptions, files):
     """The labelled splits: a Hub dataset (``--dataset``, a ClassLabel column) or the files."""
     if opts.dataset:
@@ -141,10 +145,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
                               grad_sync="manual" if opts.tbptt_chunk else "ddp")  # TBPTT does not call forward()
         return run.fit_and_report(trainer, train_pipe, loaders, evaluate, what="classifier",
                                   data=f"{len(tokenized['train']):,} examples, {len(names)} classes")
-
-
-def column_names(opts: ClassificationOptions) -> list[str] | None:
-    return opts.column_names.split(",") if opts.column_names else None
 
 
 def predict(opts: ClassificationOptions) -> dict:
