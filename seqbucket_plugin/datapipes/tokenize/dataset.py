@@ -28,6 +28,12 @@ __all__ = ["tokenize_dataset", "tokenize_tagged_dataset"]
 
 
 def _resolve_keep(keep_columns: Any, available: list[str], used: Sequence[str]) -> list[str]:
+    """The input columns ``keep_columns`` names (``"all"``/``True``: every one not in ``used``), for
+    the map functions and :class:`~seqbucket_plugin.datapipes.TokenizeNode` alike.
+
+    Raises:
+        MissingColumnError: a named column is not in ``available``.
+    """
     if keep_columns is True or keep_columns == "all":
         return [c for c in available if c not in used]
     if keep_columns is None or keep_columns is False:
