@@ -64,6 +64,15 @@ class UnknownLabelError(SeqBucketError, ValueError):
     """A label is not in the label set (e.g. an evaluation label never seen in training)."""
 
 
+class TokenizerTypeError(SeqBucketError, TypeError):
+    """Something that is not a tokenizer this package can use was given as one."""
+
+
+class MissingPadTokenError(SeqBucketError, ValueError):
+    """The tokenizer has no padding token and no explicit ``pad_id`` was given: padding with some
+    id (0 is a real token in most vocabularies) would be a silent error."""
+
+
 class EmptyTextError(SeqBucketError, ValueError):
     """An empty or whitespace-only text was found and the policy is ``"error"``."""
 

@@ -289,7 +289,7 @@ def _tokenizer(folder: Path, state: dict[str, torch.Tensor], model_file: Path):
 
 
 def _chars(path: Path, state: dict[str, torch.Tensor], model_file: Path):
-    from seqbucket_plugin.training.tagging import CharVocab
+    from seqbucket_plugin.datapipes import CharVocab
 
     raw = _read_json(path, "the character vocabulary of the character encoder")
     chars = raw.get("chars") if isinstance(raw, dict) else None
@@ -567,8 +567,8 @@ class TaggingPredictor(RunPredictor):
         return self.config["max_length"] or None
 
     def _after_pack(self, batch):
+        from seqbucket_plugin.datapipes import CharIds
         from seqbucket_plugin.training.classification import naive_batch
-        from seqbucket_plugin.training.tagging import CharIds
 
         if self.chars is not None:
             batch = CharIds(self.chars)(batch)

@@ -177,7 +177,7 @@ def _set(**values):
 
 
 def _small_tokenizer(run: Path):
-    from seqbucket_plugin.training.tagging import word_tokenizer
+    from seqbucket_plugin.datapipes import word_tokenizer
 
     shutil.rmtree(run / "tokenizer")
     word_tokenizer([["a", "b", "c"]]).save(run / "tokenizer")

@@ -527,3 +527,74 @@ def test_report_from_numpy():
     assert rep == TokenizeReport(3, 11, 16, 1, 5, 9)
     assert rep.truncated_fraction == pytest.approx(1 / 3)
     assert TokenizeReport.from_arrays([], []) == TokenizeReport()
+
+
+# ---- one Truncation object, the package's import paths -----------------------------------
+
+
+def test_truncation_validates_with_the_public_messages(word_tok):
+    from seqbucket_plugin.datapipes.tokenize.truncation import Truncation
+
+    with pytest.raises(ValueError, match=r"truncation must be one of \('head', 'tail', 'head\+tail'\), got 'middle'"):
+        Truncation(10, "middle")
+    with pytest.raises(ValueError, match=r"head_fraction must be in \[0, 1\], got -0.1"):
+        Truncation(10, "head+tail", -0.1)
+    with pytest.raises(ValueError, match=r"max_length=2 leaves no room for text next to 2 special token\(s\)"):
+        Truncation.of(word_tok, max_length=2, truncation="head", head_fraction=0.25, add_special_tokens=True)
+    cut = Truncation.of(word_tok, max_length=3, truncation="tail", head_fraction=0.5, add_special_tokens=True)
+    assert (cut.bos, cut.eos, cut.n_special, cut.budget) == (word_tok.bos_id, word_tok.eos_id, 2, 1)
+    assert Truncation().budget is None and Truncation(5).n_special == 0
+    with pytest.raises(AttributeError):
+        cut.max_length = 4  # frozen: the map functions fingerprint it
+    assert pickle.loads(pickle.dumps(cut)) == cut
+
+
+def test_map_functions_fingerprint_the_same_in_another_process(tmp_path, word_tok):
+    from datasets.fingerprint import Hasher
+
+    from seqbucket_plugin.datapipes.tokenize.dataset import _TaggedMapFn, _TextMapFn
+    from seqbucket_plugin.datapipes.tokenize.truncation import Truncation
+
+    word_tok.save(tmp_path / "tok")
+    build = textwrap.dedent(
+        f"""
+        from seqbucket_plugin.datapipes.tokenize import TextTokenizer
+        from seqbucket_plugin.datapipes.tokenize.dataset import _TaggedMapFn, _TextMapFn
+        from seqbucket_plugin.datapipes.tokenize.truncation import Truncation
+        tok = TextTokenizer.load({str(tmp_path / "tok")!r})
+        cut = Truncation.of(tok, max_length=7, truncation="head+tail", head_fraction=0.25, add_special_tokens=True)
+        fns = [_TextMapFn(tok, "text", "label", ["id"], cut),
+               _TaggedMapFn(tok, "tokens", "tags", False, [], cut, {{"B": 1, "A": 0}}, True)]
+        """
+    )
+    code = build + "from datasets.fingerprint import Hasher\nprint(*[Hasher.hash(f) for f in fns])\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    tok = TextTokenizer.load(tmp_path / "tok")
+    cut = Truncation.of(tok, max_length=7, truncation="head+tail", head_fraction=0.25, add_special_tokens=True)
+    here = [_TextMapFn(tok, "text", "label", ["id"], cut),
+            _TaggedMapFn(tok, "tokens", "tags", False, [], cut, {"A": 0, "B": 1}, True)]
+    assert out.stdout.split() == [Hasher.hash(f) for f in here]
+    other = _TextMapFn(tok, "text", "label", ["id"], Truncation(7, "head", 0.25, cut.bos, cut.eos))
+    assert Hasher.hash(other) != Hasher.hash(here[0])
+
+
+def test_every_old_import_path_still_works():
+    import seqbucket_plugin
+    from seqbucket_plugin import datapipes, errors
+    from seqbucket_plugin.datapipes import tokenize
+    from seqbucket_plugin.training import tagging
+
+    for name in tokenize.__all__:
+        assert getattr(tokenize, name) is not None, name
+    for name in ("SETTINGS_FILE", "TOKENIZER_FILE", "_head_size", "_read_settings", "resolve_pad_id"):
+        assert hasattr(tokenize, name), name
+    for name in ("TokenizerTypeError", "MissingPadTokenError"):
+        cls = getattr(errors, name)
+        assert cls is getattr(tokenize, name) is getattr(datapipes, name) is getattr(seqbucket_plugin, name)
+        assert issubclass(cls, errors.SeqBucketError)
+        assert cls("x", path="f.json", line=3).path == "f.json"
+    assert issubclass(errors.TokenizerTypeError, TypeError) and issubclass(errors.MissingPadTokenError, ValueError)
+    for name in ("CharIds", "CharVocab", "word_tokenizer"):
+        assert getattr(datapipes, name) is getattr(tagging, name), name
+        assert name in datapipes.__all__ and name not in tagging.__all__
+    assert datapipes.word_tokenizer is tokenize.word_tokenizer

@@ -1,4 +1,5 @@
-"""Pipeline stages as ``torchdata.nodes`` nodes: sources, tokenization, bucketing, packing.
+"""Pipeline stages as ``torchdata.nodes`` nodes: sources, tokenization, bucketing, packing, and the
+data pieces they use (tokenizers, character features).
 
 Data flows one way: source -> tokenize -> bucket_batch -> pack -> (prefetch / pin_memory) -> Loader.
 :class:`Pipe` chains them; every stage is also usable on its own.
@@ -10,6 +11,7 @@ from seqbucket_plugin.datapipes.bucketing import (
     estimate_boundaries,
     plan_batches,
 )
+from seqbucket_plugin.datapipes.chars import CharIds, CharVocab
 from seqbucket_plugin.datapipes.loaders import (
     LoaderConfigError,
     LoadReport,
@@ -45,6 +47,7 @@ from seqbucket_plugin.datapipes.tokenize import (
     tokenize_dataset,
     tokenize_report,
     tokenize_tagged_dataset,
+    word_tokenizer,
 )
 
 __all__ = [
@@ -52,6 +55,8 @@ __all__ = [
     "LABEL_PAD_ID",
     "BatchingStats",
     "BucketBatcher",
+    "CharIds",
+    "CharVocab",
     "IterableDatasetSource",
     "LoadReport",
     "LoaderConfigError",
@@ -87,4 +92,5 @@ __all__ = [
     "tokenize_dataset",
     "tokenize_report",
     "tokenize_tagged_dataset",
+    "word_tokenizer",
 ]
