@@ -28,8 +28,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from seqbucket_plugin.datapipes import load_sentences, load_tagging_splits, tokenize_tagged_dataset
-from seqbucket_plugin.datapipes.tokenize import TextTokenizer
+from seqbucket_plugin.datapipes import (
+    CharIds,
+    CharVocab,
+    TextTokenizer,
+    load_sentences,
+    load_tagging_splits,
+    tokenize_tagged_dataset,
+    word_tokenizer,
+)
 from seqbucket_plugin.heads import SequenceTagger
 from seqbucket_plugin.training import write_tagging_data
 from seqbucket_plugin.training.auto_settings import choose_data_settings
@@ -39,13 +46,7 @@ from seqbucket_plugin.training.metrics import is_span_scheme
 from seqbucket_plugin.training.model_options import encoder_kwargs, pretrained_embedding
 from seqbucket_plugin.training.options import TaggingOptions
 from seqbucket_plugin.training.recipe import RecipeRun, predict_input_lines, predict_to_jsonl
-from seqbucket_plugin.training.tagging import (
-    CharIds,
-    CharVocab,
-    evaluate_tagger,
-    tagging_step,
-    word_tokenizer,
-)
+from seqbucket_plugin.training.tagging import evaluate_tagger, tagging_step
 
 DESCRIPTION = __doc__.split("\n")[0].strip() + " " + __doc__.split("\n")[1].strip()
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from seqbucket_plugin.constants import IGNORE_INDEX
-from seqbucket_plugin.datapipes import CharIds, CharVocab, word_tokenizer  # noqa: F401 (moved to datapipes)
 from seqbucket_plugin.training.classification import naive_batch
 from seqbucket_plugin.training.distributed import map_batches
 from seqbucket_plugin.training.engine import StepOutput
