@@ -59,18 +59,17 @@ def label_names(train) -> list[str]:
     return list(feature.names)
 
 
-def train_tokenizer(opts: ClassificationOptions, train, min_frequency: int | None = None) -> TextTokenizer:
+def train_tokenizer(opts: ClassificationOptions, train) -> TextTokenizer:
     """A word-level tokenizer of the training texts (words seen fewer than --min-frequency times
     are unknown)."""
-    return TextTokenizer.train(train, kind="word", vocab_size=opts.vocab_size,
-                               min_frequency=min_frequency or opts.min_frequency or 1)
+    return TextTokenizer.train(train, kind="word", vocab_size=opts.vocab_size, min_frequency=opts.min_frequency or 1)
 
 
 def choose_settings(opts: ClassificationOptions, train, names: list[str]):
     """Truncation, vocabulary cut-off, word dropout, batches and metric from the training texts'
     word counts and labels (seqbucket_plugin.training.auto_settings), set on ``opts``."""
-    lengths = tokenize_dataset(train, train_tokenizer(opts, train, min_frequency=1),
-                               label_column=None).with_format("numpy")["length"]
+    words_only = TextTokenizer.train([], kind="word", vocab_size=opts.vocab_size)  # a word count needs no vocabulary
+    lengths = tokenize_dataset(train, words_only, label_column=None).with_format("numpy")["length"]
     counts = np.bincount(np.asarray(train["label"]), minlength=len(names))
     chosen = choose_data_settings(vars(opts), task="classification", lengths=lengths, label_counts=counts)
     apply_chosen(opts, chosen)
