@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.export import Dim
 
-from seqbucket_plugin.encoders import STRATEGIES, EncoderInputError, create_encoder, resolve_lengths
+from seqbucket_plugin.encoders import EncoderInputError, RecurrentEncoder, create_encoder, resolve_lengths
 
 D, H = 5, 4
 NAMES = ["lstm", "bilstm", "gru", "bigru"]
@@ -78,7 +78,7 @@ def assert_rows_alone(enc, x, lengths, states, fins):
 
 # ---------------------------------------------------------------- eager: the static plan is exact
 def test_strategy_is_listed_and_chosen_when_compiling(monkeypatch):
-    assert "padded_static" in STRATEGIES
+    assert "padded_static" in RecurrentEncoder.strategies
     enc = make("bilstm")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert enc.resolve_strategy(None, cpu) == "padded_exact"

@@ -240,7 +240,7 @@ def test_resume_with_more_epochs_is_allowed_and_noted(data, trained, tmp_path, c
     out = _copy_run(trained, tmp_path)
     metrics = cls_recipe.main(_args(data, out, "--resume", "--max-steps", "8"))
     assert metrics["steps"] == 8
-    assert "--resume: --max-steps: 6 in the checkpoint, 8 now" in capsys.readouterr().out
+    assert "fit(resume=True): --max-steps: 6 in the checkpoint, 8 now" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["max_steps"] == 8
 
 
@@ -338,7 +338,7 @@ def test_out_of_memory_names_the_batch_and_a_budget_that_fits(data, tmp_path, mo
     assert run_main(cls_recipe.main, _args(data, tmp_path / "run")) == 2
     err = capsys.readouterr().err
     match = re.search(r"batch of (\d+) rows x (\d+) tokens \(([\d,]+) padded tokens, ([\d,]+) real\)\. "
-                      r"Lower the token budget: --max-tokens (\d+)", err)
+                      r"Lower the token budget: bucket_batch\(max_tokens=(\d+)\)", err)
     assert match, err
     rows, cols, padded, real, fits = (int(g.replace(",", "")) for g in match.groups())
     assert rows * cols == padded <= 2048 and real <= padded and fits < padded and fits % 64 == 0
@@ -349,7 +349,7 @@ def test_oom_error_type():
                            "lengths": torch.tensor([300, 200, 100, 50])})()
     message = engine.oom_message(batch, torch.device("cuda"), 7)
     assert "step 7" in message and "4 rows x 300 tokens" in message and "650 real" in message
-    assert "--max-tokens 832" in message  # 70% of 1,200 -> 840 -> a multiple of 64
+    assert "bucket_batch(max_tokens=832)" in message  # 70% of 1,200 -> 840 -> a multiple of 64
     assert issubclass(BatchOutOfMemoryError, MemoryError) and issubclass(ResumeMismatchError, Exception)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqbucket_plugin.datapipes.packing import collate_packed
-from seqbucket_plugin.encoders import EncoderInputError, list_encoders
+from seqbucket_plugin.encoders import EncoderInputError, SequenceEncoder, create_encoder, list_encoders
 from seqbucket_plugin.heads import SequenceClassifier, SequenceTagger, pad_char_ids
 
 V = 30
@@ -115,9 +115,10 @@ def test_heads_accept_every_registered_encoder(name):
     model = SequenceClassifier(V, 2, embedding_dim=5, hidden_size=4, encoder=name, pooling="mean")
     ids = torch.randint(1, V, (3, 4))
     out = model(ids, [4, 2, 0], labels=torch.tensor([0, 1, 1]))
-    assert out.logits.shape == (3, 2) and torch.isfinite(out.loss)
+    assert out.logits.shape == (3, 2) and torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in model.encoder.parameters())  # the loss reaches the encoder
     model.eval()
     with torch.no_grad():
         padded = model(ids, [4, 2, 0]).logits
@@ -126,6 +127,67 @@ def test_heads_accept_every_registered_encoder(name):
         alone = model(ids[1:2, :2], [2]).logits
         torch.testing.assert_close(model(noise, [4, 2, 0]).logits[1], padded[1])
         torch.testing.assert_close(alone[0], padded[1])
+
+
+# ---------------------------------------------------------------------------- truncated BPTT
+@pytest.mark.parametrize("encoder", ["lstm", "gru"])
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_chunked_forward_carries_the_state_across_chunks(encoder, chunk):
+    """A forward encoder with "last" pooling sees the whole text through the carried state: the
+    chunked logits equal the whole-text logits (to float rounding), whatever the chunk size."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(V, 3, embedding_dim=6, hidden_size=5, encoder=encoder, pooling="last",
+                               mlp_hidden=(4,), encoder_kwargs={"num_layers": 2}).eval()
+    batch = collate_packed(_examples([9, 7, 7, 4, 1]))
+    with torch.no_grad():
+        whole = model(batch).logits
+        chunks = list(model.chunked_forward(batch, chunk))
+        torch.testing.assert_close(model.chunked_logits(batch, chunk), whole, atol=1e-5, rtol=1e-5)
+    assert len(chunks) == -(-9 // chunk)
+    assert [c.rows for c in chunks] == [int((batch.lengths > s).sum()) for s in range(0, 9, chunk)]
+    assert all(c.logits.shape == (c.rows, 3) and c.weight == c.rows / 5 for c in chunks)
+
+
+def test_chunked_forward_of_a_bidirectional_encoder_in_one_chunk_is_the_forward():
+    torch.manual_seed(0)
+    model = SequenceClassifier(V, 2, embedding_dim=6, hidden_size=5, encoder="bigru", pooling="last+mean").eval()
+    batch = collate_packed(_examples([8, 5, 2]))
+    with torch.no_grad():
+        torch.testing.assert_close(model.chunked_logits(batch, 8), model(batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_forward_gradients_stop_at_the_cut():
+    """Each chunk's loss reaches the embeddings of its own tokens only (the carried state is detached)."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(V, 2, embedding_dim=6, hidden_size=5, encoder="lstm", pooling="last")
+    batch = collate_packed(_examples([6]))
+    first, second = model.chunked_forward(batch, 3)
+    first.logits.sum().backward()
+    seen = model.embedding.weight.grad.abs().sum(1) > 0
+    assert set(seen.nonzero().flatten().tolist()) == set(batch.input_ids[0, :3].tolist())
+    assert second.rows == 1 and torch.isfinite(second.logits).all()
+
+
+class _Identity(SequenceEncoder):
+    def __init__(self, size):
+        super().__init__(size)
+
+    def encode(self, x, lengths, mask, strategy):
+        return x * mask.unsqueeze(-1), None
+
+
+def test_chunked_forward_needs_a_recurrent_encoder_and_a_non_empty_text():
+    model = SequenceClassifier(V, 2, embedding_dim=4, encoder=_Identity(4))
+    with pytest.raises(EncoderInputError, match="truncated BPTT needs a recurrent encoder"):
+        model.chunked_logits(collate_packed(_examples([3, 2])), 2)
+    recurrent = SequenceClassifier(V, 2, embedding_dim=4, hidden_size=3, encoder="lstm")
+    with pytest.raises(EncoderInputError, match="every text is empty"):
+        recurrent.chunked_logits(collate_packed(_examples([0, 0])), 2)
+
+
+def test_an_unknown_strategy_lists_the_encoders_own():
+    with pytest.raises(EncoderInputError, match=r"unknown strategy 'fast'.*'auto', 'padded_exact', 'packed'"):
+        create_encoder("lstm", input_size=4, hidden_size=3, strategy="fast")
 
 
 @pytest.mark.parametrize("decoder,char_encoder", [("classifier", None), ("crf", "cnn"), ("softmax", "bilstm")])

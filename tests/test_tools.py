@@ -15,7 +15,7 @@ from conftest import load_recipe, recipe_files
 
 import seqbucket_plugin
 from seqbucket_plugin.datapipes import loaders, tokenize
-from seqbucket_plugin.training import engine
+from seqbucket_plugin.training import progress
 
 ROOT = Path(__file__).resolve().parents[1]
 cls_recipe = load_recipe("text_classification", "tools")
@@ -63,13 +63,13 @@ class _Terminal(io.StringIO):
 def test_progress_bar_ends_at_max_steps_and_lines_go_above_it(cls_data, tmp_path, monkeypatch, capsys):
     pytest.importorskip("tqdm")
     writes = []
-    original = engine._Progress.writing
+    original = progress.ProgressBar.writing
 
     def writing(self):
         writes.append(self.bar is not None)
         return original(self)
 
-    monkeypatch.setattr(engine._Progress, "writing", writing)
+    monkeypatch.setattr(progress.ProgressBar, "writing", writing)
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     cls_recipe.main([*recipe_files(cls_data), *SMALL, "--max-steps", "6", "--eval-every", "3", "--log-every", "2",

@@ -7,7 +7,6 @@
 """
 
 from seqbucket_plugin.encoders.base import (
-    STRATEGIES,
     EncoderOutput,
     SequenceEncoder,
     resolve_inputs,
@@ -36,7 +35,6 @@ from seqbucket_plugin.encoders.registry import (
 __all__ = [
     "ENTRY_POINT_GROUP",
     "POOLING_MODES",
-    "STRATEGIES",
     "accepted_options",
     "CharBiLSTM",
     "CharCNN",

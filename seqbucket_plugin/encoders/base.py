@@ -27,8 +27,6 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.pooling import Pooler
 
-STRATEGIES = ("auto", "padded_exact", "packed", "padded_static")
-
 
 class EncoderOutput(NamedTuple):
     """What every encoder returns (a NamedTuple, so it is a pytree for compile/export)."""

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from seqbucket_plugin.encoders.base import SequenceEncoder, to_device_index
+from seqbucket_plugin.encoders.base import EncoderOutput, SequenceEncoder, to_device_index
 from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.registry import register_encoder
 
@@ -306,6 +306,48 @@ class RecurrentEncoder(SequenceEncoder):
         anchor = sum(p.sum() for p in self.parameters()) * 0
         states = x.new_zeros(B, T, self.output_size) + anchor
         return states, [z + anchor] * (2 if self.mode == "lstm" else 1)
+
+    # ------------------------------------------------------------------ truncated BPTT
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor | tuple:
+        """The zero state of :meth:`encode_chunk`: ``(num_layers * num_directions, batch_size,
+        hidden_size)`` float32 zeros, an ``(h, c)`` pair for LSTMs (``nn.LSTM``'s ``hx`` layout)."""
+        h = torch.zeros(self.num_layers * self.num_directions, batch_size, self.hidden_size, device=device)
+        return (h, torch.zeros_like(h)) if self.mode == "lstm" else h
+
+    def encode_chunk(self, x: torch.Tensor, lengths: torch.Tensor, state: torch.Tensor | tuple) -> EncoderOutput:
+        """Run one chunk of truncated back-propagation through time from ``state``.
+
+        ``x (B, T, D)`` right-padded, rows sorted by length (longest first), every length > 0;
+        ``lengths (B,)`` CPU; ``state``: the state entering the chunk, in the layout of
+        :meth:`initial_state` (the previous chunk's ``final``, detached, for these rows). Only
+        the forward directions carry over: a backward direction starts from zero in every chunk,
+        since it cannot see past the cut. Returns the chunk's :class:`EncoderOutput` (``final`` is
+        the state to carry into the next chunk).
+
+        The layers run as one ``nn.LSTM``/``nn.GRU`` call over a ``PackedSequence`` with this
+        encoder's weights and element-wise ``dropout`` between layers (training only); the
+        input, output and weight dropouts and the execution strategies are not used.
+        """
+        device = x.device
+        dirs, L = self.num_directions, self.num_layers
+        forward_only = torch.tensor([1.0 if d == 0 else 0.0 for _ in range(L) for d in range(dirs)],
+                                    device=device).view(-1, 1, 1)
+        lstm = self.mode == "lstm"
+        hx = (state[0] * forward_only, state[1] * forward_only) if lstm else state * forward_only
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=True)
+        flat = [getattr(self, name) for per_dir in self._names for names in per_dir for name in names]
+        quiet = warnings.catch_warnings() if x.is_cuda else contextlib.nullcontext()
+        with quiet:
+            if x.is_cuda:
+                warnings.filterwarnings("ignore", message=_CUDNN_CHUNK_WARNING)
+            run = _VF.lstm if lstm else _VF.gru
+            data, *final = run(packed.data, packed.batch_sizes, hx, flat, True, L, self.dropout, self.training,
+                               self.bidirectional)
+        states, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes), batch_first=True,
+                                        total_length=x.shape[1])
+        mask = torch.arange(x.shape[1], device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
+        pooled = self.pooler(states, mask, lengths)
+        return EncoderOutput(states, pooled, tuple(final) if lstm else final[0], lengths, mask)
 
     # ------------------------------------------------------------------ padded_exact
     @staticmethod

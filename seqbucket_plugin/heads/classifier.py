@@ -1,8 +1,10 @@
-"""Sequence classifier: embedding -> encoder -> pooling -> MLP."""
+"""Sequence classifier: embedding -> encoder -> pooling -> MLP (whole texts, or chunk by chunk
+for truncated back-propagation through time)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 
 from seqbucket_plugin.constants import IGNORE_INDEX
 from seqbucket_plugin.encoders.base import EncoderOutput
+from seqbucket_plugin.encoders.errors import EncoderInputError
 from seqbucket_plugin.encoders.registry import create_encoder
 from seqbucket_plugin.heads._common import keyword_inputs, resolve_token_inputs, word_dropout
 
@@ -21,6 +24,17 @@ class ClassifierOutput(NamedTuple):
     loss: torch.Tensor | None
     """Mean cross-entropy over rows whose label is not -100, when labels were given."""
     encoder_output: EncoderOutput
+
+
+class ChunkLogits(NamedTuple):
+    """One chunk of :meth:`SequenceClassifier.chunked_forward`."""
+
+    logits: torch.Tensor
+    """``(rows, num_classes)``: the logits of the batch's leading ``rows`` rows from this chunk."""
+    rows: int
+    """The rows still running in this chunk (the batch is sorted by length, longest first)."""
+    weight: float
+    """``rows / B``: chunk losses (means over ``rows``) times their weights sum to a per-row mean."""
 
 
 class SequenceClassifier(nn.Module):
@@ -45,6 +59,9 @@ class SequenceClassifier(nn.Module):
         embedding: an embedding module to use instead of a fresh ``nn.Embedding``, e.g. one
             built from pretrained word vectors by :func:`seqbucket_plugin.vectors.build_embedding`;
             its ``embedding_dim`` replaces ``embedding_dim``.
+
+    ``chunked_forward(batch, chunk)`` / ``chunked_logits(batch, chunk)`` run a recurrent encoder
+    ``chunk`` tokens at a time, carrying its state (truncated BPTT).
 
     ``forward(batch)`` takes a PackedBatch (its ``labels`` give the loss), or
     ``forward(input_ids, lengths, labels=...)``, or a batch's names: ``model(**batch)``
@@ -101,3 +118,63 @@ class SequenceClassifier(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits, labels.to(logits.device).long().view(-1), ignore_index=IGNORE_INDEX)
         return ClassifierOutput(logits, loss, enc)
+
+    # ------------------------------------------------------------------ truncated BPTT
+    def chunked_forward(self, batch: Any, chunk: int,
+                        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                        ) -> Iterator[ChunkLogits]:
+        """Yield the :class:`ChunkLogits` of each ``chunk``-token slice of ``batch`` in turn.
+
+        ``batch``: a PackedBatch sorted by length (longest first), as the bucketing pipelines
+        yield. Each chunk embeds its slice, runs the encoder's :meth:`encode_chunk` from the
+        detached state the previous chunk left (forward directions only, see
+        :meth:`~seqbucket_plugin.encoders.RecurrentEncoder.encode_chunk`), pools and applies
+        the MLP, under ``autocast()``. Back-propagating each chunk's loss before the next is
+        truncated BPTT: gradients never cross a cut. Word dropout is not applied.
+
+        Raises:
+            EncoderInputError: the encoder is not recurrent (has no ``encode_chunk``).
+        """
+        encoder = self.encoder
+        if not hasattr(encoder, "encode_chunk"):
+            raise EncoderInputError("truncated BPTT needs a recurrent encoder (lstm, bilstm, gru, bigru)")
+        lengths = batch.lengths
+        B, T = batch.input_ids.shape
+        state = encoder.initial_state(B, batch.input_ids.device)
+        for start in range(0, max(T, 1), chunk):
+            chunk_len = (lengths - start).clamp(0, chunk)
+            rows = int((chunk_len > 0).sum())
+            if rows == 0:
+                break
+            running = tuple(t[:, :rows] for t in state) if isinstance(state, tuple) else state[:, :rows]
+            with autocast():
+                x = self.embedding(batch.input_ids[:rows, start:start + chunk])
+                enc = encoder.encode_chunk(x, chunk_len[:rows], running)
+                logits = self.mlp(enc.pooled)
+            state = _carry(enc.final, state, rows)
+            yield ChunkLogits(logits, rows, rows / B)
+
+    def chunked_logits(self, batch: Any, chunk: int) -> torch.Tensor:
+        """``(B, num_classes)``: each row's logits from its last chunk of :meth:`chunked_forward`
+        (so from the state carried through all of its chunks).
+
+        Raises:
+            EncoderInputError: the encoder is not recurrent, or every text of the batch is empty.
+        """
+        B = batch.input_ids.shape[0]
+        result = None
+        for logits, rows, _ in self.chunked_forward(batch, chunk):
+            if result is None:
+                result = logits.new_zeros(B, logits.shape[-1])
+            result = torch.cat([logits, result[rows:]], 0)  # rows that end later overwrite their entries
+        if result is None:
+            raise EncoderInputError("cannot classify a batch in which every text is empty")
+        return result
+
+
+def _carry(final: Any, state: Any, rows: int) -> Any:
+    """The state entering the next chunk: the leading ``rows`` rows' new final state (detached,
+    in the state's dtype) above the rows that have already ended."""
+    if isinstance(state, tuple):
+        return tuple(torch.cat([f.detach().to(s.dtype), s[:, rows:]], 1) for f, s in zip(final, state))
+    return torch.cat([final.detach().to(state.dtype), state[:, rows:]], 1)

@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqbucket_plugin.encoders.errors import EncoderInputError
-from seqbucket_plugin.encoders.recurrent import RecurrentEncoder
 from seqbucket_plugin.training.distributed import map_batches
 from seqbucket_plugin.training.engine import StepOutput
 from seqbucket_plugin.training.metrics import accuracy, macro_f1
@@ -42,7 +40,8 @@ def classification_step(naive: bool = False, tbptt_chunk: int = 0, autocast: Cal
 
     With ``tbptt_chunk`` > 0 each batch is cut into chunks of that many tokens; each chunk's
     loss is back-propagated on its own and the detached recurrent state is carried into the next
-    chunk (see :func:`chunked_logits`); the gradients of all chunks add up to one optimizer step.
+    chunk (:meth:`~seqbucket_plugin.heads.SequenceClassifier.chunked_forward`); the gradients of
+    all chunks add up to one optimizer step.
     """
     import contextlib
 
@@ -51,7 +50,7 @@ def classification_step(naive: bool = False, tbptt_chunk: int = 0, autocast: Cal
     def step(model, batch, backward):
         if tbptt_chunk:
             total = torch.zeros((), device=batch.input_ids.device)
-            for logits, rows, weight in _iter_chunks(model, batch, tbptt_chunk, ctx):
+            for logits, rows, weight in model.chunked_forward(batch, tbptt_chunk, ctx):
                 loss = F.cross_entropy(logits.float(), batch.labels[:rows]) * weight
                 backward(loss)
                 total += loss.detach()
@@ -100,71 +99,7 @@ def predict_classifier(model: nn.Module, batches: Iterable, device: torch.device
 
 
 # ---------------------------------------------------------------------------- truncated BPTT
-def _shell(encoder: RecurrentEncoder) -> nn.RNNBase:
-    """A parameter-less ``nn.LSTM``/``nn.GRU`` with the encoder's shape (same parameter names)."""
-    cls = nn.LSTM if encoder.mode == "lstm" else nn.GRU
-    shell = getattr(encoder, "_tbptt_shell", None)
-    if shell is None:
-        shell = cls(encoder.input_size, encoder.hidden_size, encoder.num_layers, batch_first=True,
-                    bidirectional=encoder.bidirectional, dropout=encoder.dropout, device="meta")
-        object.__setattr__(encoder, "_tbptt_shell", shell)  # not a submodule: no extra parameters
-    shell.train(encoder.training)
-    return shell
-
-
-def _iter_chunks(model: nn.Module, batch, chunk: int, autocast: Callable):
-    """Yield ``(logits (rows, C), rows, weight)`` for each chunk of ``batch``.
-
-    ``rows`` are the leading rows still running in this chunk (the batch is sorted by length);
-    ``weight`` = rows / B, so the chunk losses sum to a per-row mean. The state that enters each
-    chunk is the detached final state of the previous one (forward directions; a backward
-    direction starts fresh in every chunk, it cannot see the future across a cut).
-    """
-    encoder = model.encoder
-    if not isinstance(encoder, RecurrentEncoder):
-        raise EncoderInputError("truncated BPTT needs a recurrent encoder (lstm, bilstm, gru, bigru)")
-    shell = _shell(encoder)
-    params = {name: p for name, p in encoder.named_parameters() if name.startswith(("weight_", "bias_"))}
-    lengths = batch.lengths
-    B, T = batch.input_ids.shape
-    dirs, L, H = encoder.num_directions, encoder.num_layers, encoder.hidden_size
-    device = batch.input_ids.device
-    h = torch.zeros(L * dirs, B, H, device=device)
-    c = torch.zeros_like(h) if encoder.mode == "lstm" else None
-    forward_only = torch.tensor([1.0 if d == 0 else 0.0 for _ in range(L) for d in range(dirs)],
-                                device=device).view(-1, 1, 1)
-    for start in range(0, max(T, 1), chunk):
-        chunk_len = (lengths - start).clamp(0, chunk)
-        rows = int((chunk_len > 0).sum())
-        if rows == 0:
-            break
-        with autocast():
-            x = model.embedding(batch.input_ids[:rows, start:start + chunk])
-            packed = nn.utils.rnn.pack_padded_sequence(x, chunk_len[:rows], batch_first=True, enforce_sorted=True)
-            hx = (h[:, :rows] * forward_only, c[:, :rows] * forward_only) if c is not None else h[:, :rows] * forward_only
-            out, final = torch.func.functional_call(shell, params, (packed, hx))
-            states, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-            mask = torch.arange(x.shape[1], device=device).unsqueeze(0) < chunk_len[:rows].to(device).unsqueeze(1)
-            pooled = encoder.pooler(states, mask, chunk_len[:rows])
-            logits = model.mlp(pooled)
-        if c is not None:
-            h = torch.cat([final[0].detach().to(h.dtype), h[:, rows:]], 1)
-            c = torch.cat([final[1].detach().to(c.dtype), c[:, rows:]], 1)
-        else:
-            h = torch.cat([final.detach().to(h.dtype), h[:, rows:]], 1)
-        yield logits, rows, rows / B
-
-
 def chunked_logits(model: nn.Module, batch, chunk: int) -> torch.Tensor:
-    """``(B, C)`` logits of each row from its last chunk (the state carried through all chunks)."""
-    import contextlib
-
-    B = batch.input_ids.shape[0]
-    result = None
-    for logits, rows, _ in _iter_chunks(model, batch, chunk, contextlib.nullcontext):
-        if result is None:
-            result = logits.new_zeros(B, logits.shape[-1])
-        result = torch.cat([logits, result[rows:]], 0)  # rows that end later overwrite their entries
-    if result is None:
-        raise EncoderInputError("cannot classify a batch in which every text is empty")
-    return result
+    """``(B, C)`` logits of each row from its last chunk (the state carried through all chunks):
+    :meth:`~seqbucket_plugin.heads.SequenceClassifier.chunked_logits`."""
+    return model.chunked_logits(batch, chunk)

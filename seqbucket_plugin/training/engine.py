@@ -46,13 +46,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
 import os
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -73,12 +70,14 @@ from seqbucket_plugin.training.checkpoint import (
     restore_rng_state,
 )
 from seqbucket_plugin.training.fingerprint import fingerprint_differences
+from seqbucket_plugin.training.loop_state import AccumGroup, EpochMeter, LoopState
+from seqbucket_plugin.training.progress import ProgressBar
+from seqbucket_plugin.training.run_log import LOG_FILE, REPORT_TO, RunLog  # noqa: F401 (LOG_FILE: a file of the output directory)
 
 __all__ = ["StepOutput", "TrainConfig", "Trainer", "linear_warmup_decay", "resolve_device"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_MODEL_FILE = "best_model.pt"
-LOG_FILE = "log.jsonl"
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "loader", "loop")
 
 
@@ -94,9 +93,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise SeqBucketError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+            raise SeqBucketError(f"resolve_device({name!r}): CUDA is not available on this machine "
+                                 f"(use 'cpu', or 'auto' for CUDA when there is one)")
         return torch.device(name)
-    raise SeqBucketError(f"unknown device {name!r}; use auto, cpu or cuda")
+    raise SeqBucketError(f"resolve_device({name!r}): unknown device; use 'auto', 'cpu' or 'cuda'")
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -146,21 +146,19 @@ class TrainConfig:
     under ``<output_dir>/tensorboard`` (needs the ``tensorboard`` package); ``"none"``: don't."""
 
 
-REPORT_TO = ("none", "tensorboard")
-
-
-def tensorboard_writer(log_dir: str) -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` for ``log_dir``.
-
-    Raises:
-        SeqBucketError: the ``tensorboard`` package is not installed (the message says how).
-    """
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise SeqBucketError("--report-to tensorboard needs the tensorboard package: "
-                             "pip install 'seqbucket_plugin[tensorboard]'") from err
-    return SummaryWriter(log_dir=log_dir)
+def check_settings(config: TrainConfig, steps_per_epoch: int | None, grad_sync: str) -> None:
+    """Raise a :class:`~seqbucket_plugin.errors.SeqBucketError` naming the first invalid setting."""
+    if grad_sync not in ("ddp", "manual"):
+        raise SeqBucketError(f"Trainer(grad_sync=...) must be 'ddp' or 'manual', got {grad_sync!r}")
+    if config.grad_accum is None or config.grad_accum < 1:
+        raise SeqBucketError(f"TrainConfig.grad_accum must be a positive integer, got {config.grad_accum!r}")
+    if config.nonfinite not in ("stop", "skip"):
+        raise SeqBucketError(f"TrainConfig.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+    if config.report_to not in REPORT_TO:
+        raise SeqBucketError(f"TrainConfig.report_to must be one of {list(REPORT_TO)}, got {config.report_to!r}")
+    if config.grad_accum > 1 and not steps_per_epoch:
+        raise SeqBucketError("TrainConfig.grad_accum > 1 needs Trainer(steps_per_epoch=...), the number of "
+                             "batches per epoch (known for a map-style dataset)")
 
 
 @dataclass
@@ -170,54 +168,6 @@ class StepOutput:
 
     loss: torch.Tensor
     tokens: int
-
-
-@dataclass
-class _LoopState:
-    epoch: int = 0
-    step: int = 0
-    epoch_step: int = 0
-    epoch_batch: int = 0
-    epoch_done: bool = False
-    best_metric: float = -math.inf
-    best_step: int = -1
-    bad_evals: int = 0
-    stopped: bool = False
-    loss_sum: float = 0.0
-    loss_n: int = 0
-    tokens: int = 0
-    skipped_nonfinite: int = 0
-    nonfinite_streak: int = 0
-    history: list[dict] = field(default_factory=list)
-
-
-class _Progress:
-    """A tqdm bar when stderr is a terminal, else nothing (epoch summaries are printed instead)."""
-
-    def __init__(self, enabled: bool, total: int | None, initial: int, desc: str):
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, desc=desc, leave=True, dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-
-    def update(self, **postfix: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(postfix, refresh=False)
-
-    def writing(self) -> contextlib.AbstractContextManager:
-        """A context in which printed lines go above the bar instead of into it."""
-        if self.bar is None:
-            return contextlib.nullcontext()
-        return self.bar.external_write_mode()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class Trainer:
@@ -248,7 +198,8 @@ class Trainer:
             on resume; None skips the comparison.
 
     Raises:
-        SeqBucketError: an invalid ``grad_sync``, ``grad_accum`` or ``nonfinite`` setting.
+        SeqBucketError: an invalid ``grad_sync``, ``grad_accum``, ``nonfinite`` or ``report_to``
+            setting (see :func:`check_settings`).
     """
 
     def __init__(
@@ -271,23 +222,9 @@ class Trainer:
         self.model = model.to(device)
         self.dist = dist if dist is not None and dist.world_size > 1 else None
         self.is_main = self.dist is None or self.dist.is_main
-        if grad_sync not in ("ddp", "manual"):
-            raise SeqBucketError(f"grad_sync must be 'ddp' or 'manual', got {grad_sync!r}")
+        check_settings(config, steps_per_epoch, grad_sync)
         self.grad_sync = grad_sync
-        self.train_model: nn.Module = self.model
-        if self.dist is not None and grad_sync == "ddp":
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if config.grad_accum is None or config.grad_accum < 1:
-            raise SeqBucketError(f"--grad-accum must be a positive integer, got {config.grad_accum!r}")
-        if config.nonfinite not in ("stop", "skip"):
-            raise SeqBucketError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
-        if config.report_to not in REPORT_TO:
-            raise SeqBucketError(f"report_to must be one of {list(REPORT_TO)}, got {config.report_to!r}")
-        if config.grad_accum > 1 and not steps_per_epoch:
-            raise SeqBucketError("--grad-accum > 1 needs the number of batches per epoch (a map-style dataset)")
+        self.train_model: nn.Module = self._wrap_for_ddp(device)
         self.loader = train_loader
         self.train_step = train_step
         self.evaluate_fn = evaluate
@@ -297,22 +234,13 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.batch_stats = batch_stats
         self._print = log if self.is_main else (lambda message: None)
-        self._bar: _Progress | None = None
-        self.writer = None
+        self._bar: ProgressBar | None = None
         self.fingerprint = fingerprint
         self.last_saved_step: int | None = None
         os.makedirs(self.output_dir, exist_ok=True)
 
         self.total_steps = self._total_steps()
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.dim() < 2 or "embedding" in name else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-        )
+        self.optimizer = self._adamw(model)
         warmup = int(round(config.warmup_ratio * self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_warmup_decay(warmup, self.total_steps))
         self.use_amp = bool(config.amp) and device.type == "cuda"
@@ -325,23 +253,32 @@ class Trainer:
         self.autocast: Callable[[], contextlib.AbstractContextManager] = (
             functools.partial(torch.autocast, device_type="cuda", dtype=self.amp_dtype) if self.use_amp
             else contextlib.nullcontext)
-        self.state = _LoopState()
-        if config.report_to == "tensorboard" and self.is_main:
-            self.writer = tensorboard_writer(os.path.join(self.output_dir, "tensorboard"))
+        self.state = LoopState()
+        self.run_log = RunLog(self.output_dir, enabled=self.is_main, report_to=config.report_to)
+        self._started = time.perf_counter()
+        self._elapsed_before = 0.0
 
-    # ------------------------------------------------------------------ helpers
-    def log(self, message: str) -> None:
-        """Print ``message`` (rank 0), above the progress bar when one is shown."""
-        with self._bar.writing() if self._bar is not None else contextlib.nullcontext():
-            self._print(message)
+    # ------------------------------------------------------------------ set-up
+    def _wrap_for_ddp(self, device: torch.device) -> nn.Module:
+        """The module the training steps run: ``DistributedDataParallel`` around the model with
+        several processes and ``grad_sync="ddp"``, else the model itself."""
+        if self.dist is None or self.grad_sync != "ddp":
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
 
-    def _report(self, prefix: str, values: dict[str, Any], step: int) -> None:
-        if self.writer is None:
-            return
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-        self.writer.flush()
+        return DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def _adamw(self, model: nn.Module) -> torch.optim.AdamW:
+        """AdamW with weight decay on the matrices, none on biases, norms and embeddings."""
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() < 2 or "embedding" in name else decay).append(p)
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.config.lr,
+        )
 
     def _total_steps(self) -> int:
         per_epoch = -(-(self.steps_per_epoch or 0) // self.config.grad_accum)  # optimizer steps per epoch
@@ -350,9 +287,22 @@ class Trainer:
             total = min(total, self.config.max_steps) if total else self.config.max_steps
         return max(1, total)
 
-    def _backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+    # ------------------------------------------------------------------ messages
+    def log(self, message: str) -> None:
+        """Print ``message`` (rank 0), above the progress bar when one is shown."""
+        with self._bar.writing() if self._bar is not None else contextlib.nullcontext():
+            self._print(message)
 
+    @property
+    def writer(self) -> Any:
+        """The TensorBoard ``SummaryWriter`` (``report_to="tensorboard"``, rank 0), else None."""
+        return self.run_log.writer
+
+    def _elapsed(self) -> float:
+        """Seconds of training so far, over all the runs this one resumed."""
+        return self._elapsed_before + time.perf_counter() - self._started
+
+    # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> str:
         return os.path.join(self.output_dir, CHECKPOINT_FILE)
@@ -401,6 +351,21 @@ class Trainer:
         missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         if missing:
             raise CheckpointError(f"not a seqbucket_plugin training checkpoint (no {', '.join(missing)})", path)
+        problems, notes = self._resume_differences(ckpt)
+        if problems:
+            raise ResumeMismatchError(
+                f"cannot resume (Trainer.fit(resume=True)): {path} belongs to a different run; nothing was "
+                f"changed in {self.output_dir}.\n  " + "\n  ".join(problems)
+                + "\nResume with the data, tokenizer and settings of that run, or train into a new output_dir.")
+        for note in notes:
+            self.log(f"fit(resume=True): {note}")
+        if self.dist is not None:
+            self._take_own_rank_state(ckpt)
+        return ckpt
+
+    def _resume_differences(self, ckpt: dict) -> tuple[list[str], list[str]]:
+        """``(problems, notes)``: what forbids resuming from ``ckpt`` (world size, fingerprint) and
+        the harmless changes."""
         saved_world = int(ckpt.get("world_size", 1))
         world = 1 if self.dist is None else self.dist.world_size
         problems = []
@@ -414,20 +379,16 @@ class Trainer:
         elif self.fingerprint is not None:
             notes = ["the checkpoint holds no fingerprint (written by an older version): the data, tokenizer "
                      "and settings could not be compared"]
-        if problems:
-            raise ResumeMismatchError(
-                f"--resume: {path} belongs to a different run; nothing was changed in {self.output_dir}.\n  "
-                + "\n  ".join(problems)
-                + "\nResume with the data, tokenizer and settings of that run, or start a new --output-dir.")
-        for note in notes:
-            self.log(f"--resume: {note}")
-        if world > 1:
-            ranks = ckpt.get("ranks")
-            if not isinstance(ranks, list) or len(ranks) != world:
-                raise CheckpointError(f"the per-rank states of the {world} processes are missing", path)
-            own = ranks[self.dist.rank]
-            ckpt["rng"], ckpt["loader"], ckpt["loop"] = own["rng"], own["loader"], own["loop"]
-        return ckpt
+        return problems, notes
+
+    def _take_own_rank_state(self, ckpt: dict) -> None:
+        """Put this rank's RNG, loader and loop states (saved by rank 0 for every rank) in ``ckpt``."""
+        world = self.dist.world_size
+        ranks = ckpt.get("ranks")
+        if not isinstance(ranks, list) or len(ranks) != world:
+            raise CheckpointError(f"the per-rank states of the {world} processes are missing", self.checkpoint_path)
+        own = ranks[self.dist.rank]
+        ckpt["rng"], ckpt["loader"], ckpt["loop"] = own["rng"], own["loader"], own["loop"]
 
     def load_checkpoint(self) -> None:
         """Restore everything :meth:`save_checkpoint` wrote (after :meth:`read_checkpoint`'s checks).
@@ -447,18 +408,31 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.loader.load_state_dict(ckpt["loader"])
         restore_rng_state(ckpt["rng"])
-        self.state = _LoopState(**ckpt["loop"])
+        self.state = LoopState(**ckpt["loop"])
         self.last_saved_step = self.state.step
-        if not self.is_main:
-            return
-        # the log holds exactly the evaluations of the restored history
-        with open(os.path.join(self.output_dir, LOG_FILE), "w", encoding="utf-8") as f:
-            for record in self.state.history:
-                f.write(json.dumps(record) + "\n")
+        self.run_log.rewrite(self.state.history)  # the log holds exactly the evaluations of the restored history
+
+    def load_best(self) -> None:
+        """Load ``best_model.pt`` into the model (no-op when there is none)."""
+        if os.path.isfile(self.best_model_path):
+            self.model.load_state_dict(load_checkpoint(self.best_model_path, map_location=self.device))
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, train_loss: float, tokens_per_s: float, efficiency: float | None, elapsed: float) -> bool:
-        """Evaluate on dev, log, keep the best model; True when training should stop early."""
+    def _evaluate(self, train_loss: float, tokens_per_s: float, efficiency: float | None) -> bool:
+        """Evaluate on dev, keep the best model, record the evaluation; True when the patience is
+        used up (training should stop early)."""
+        elapsed = self._elapsed()
+        metrics = self._dev_metrics()
+        if self.dist is not None:  # the train figures of all ranks; the metrics are already global
+            train_loss, tokens_per_s, efficiency = self._global_train_figures(train_loss, tokens_per_s, efficiency)
+        improved = self.state.select(float(metrics[self.config.metric]))
+        if improved and self.is_main:
+            atomic_save(self.model.state_dict(), self.best_model_path)
+        self._record_evaluation(metrics, train_loss, tokens_per_s, efficiency, elapsed, improved)
+        return self.config.patience > 0 and self.state.bad_evals >= self.config.patience
+
+    def _dev_metrics(self) -> dict[str, float]:
+        """``evaluate(model)`` in eval mode under ``torch.no_grad`` (and autocast)."""
         self.model.eval()
         try:
             with torch.no_grad(), self.autocast():
@@ -466,41 +440,38 @@ class Trainer:
         except torch.OutOfMemoryError as err:
             raise BatchOutOfMemoryError(
                 f"out of {self.device} memory during the dev evaluation at step {self.state.step}: evaluation "
-                f"batches use the training token budget; lower --max-tokens") from err
+                f"batches use the training token budget; lower the pipeline's max_tokens") from err
         self.model.train()
         if self.config.metric not in metrics:
-            raise SeqBucketError(f"evaluate() returned {sorted(metrics)}, without the metric {self.config.metric!r}")
-        value = float(metrics[self.config.metric])
-        if self.dist is not None:  # the train figures of all ranks; the metrics are already global
-            loss_total, n, tps, eff = self.dist.all_reduce_sum(
-                [train_loss * self.state.loss_n, self.state.loss_n, tokens_per_s, efficiency or 0.0])
-            train_loss = loss_total / n if n else float("nan")
-            tokens_per_s = tps
-            efficiency = None if efficiency is None else eff / self.dist.world_size
+            raise SeqBucketError(f"evaluate() returned {sorted(metrics)}, without TrainConfig.metric "
+                                 f"{self.config.metric!r}")
+        return metrics
+
+    def _global_train_figures(self, train_loss: float, tokens_per_s: float, efficiency: float | None
+                              ) -> tuple[float, float, float | None]:
+        """The train loss (mean), tokens/s (sum) and padding efficiency (mean) over the ranks."""
+        loss_total, n, tps, eff = self.dist.all_reduce_sum(
+            [train_loss * self.state.loss_n, self.state.loss_n, tokens_per_s, efficiency or 0.0])
+        train_loss = loss_total / n if n else float("nan")
+        return train_loss, tps, None if efficiency is None else eff / self.dist.world_size
+
+    def _record_evaluation(self, metrics: dict[str, float], train_loss: float, tokens_per_s: float,
+                           efficiency: float | None, elapsed: float, improved: bool) -> None:
+        """Add the evaluation to the history, ``log.jsonl`` and TensorBoard, and print it."""
         s = self.state
-        improved = value > s.best_metric
-        if improved:
-            s.best_metric, s.best_step, s.bad_evals = value, s.step, 0
-            if self.is_main:
-                atomic_save(self.model.state_dict(), self.best_model_path)
-        else:
-            s.bad_evals += 1
         record = {"step": s.step, "epoch": s.epoch, "train_loss": round(train_loss, 6),
                   **{f"dev_{k}": v for k, v in metrics.items()},
                   "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": round(tokens_per_s, 1),
                   "padding_efficiency": None if efficiency is None else round(efficiency, 4),
                   "skipped_nonfinite": s.skipped_nonfinite, "elapsed_s": round(elapsed, 2), "best": improved}
         s.history.append(record)
-        self._report("dev", metrics, s.step)
-        self._report("train", {"loss": train_loss, "tokens_per_s": tokens_per_s}, s.step)
-        if self.is_main:
-            with open(os.path.join(self.output_dir, LOG_FILE), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        self.run_log.report("dev", metrics, s.step)
+        self.run_log.report("train", {"loss": train_loss, "tokens_per_s": tokens_per_s}, s.step)
+        self.run_log.append(record)
         shown = ", ".join(f"dev {k} {v:.4f}" for k, v in metrics.items())
         self.log(f"step {s.step} (epoch {s.epoch + 1}): train loss {train_loss:.4f}, {shown}, "
                  f"{tokens_per_s:,.0f} tokens/s" + (f", padding efficiency {efficiency:.1%}" if efficiency else "")
                  + (" *" if improved else ""))
-        return self.config.patience > 0 and s.bad_evals >= self.config.patience
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> list[dict]:
@@ -509,7 +480,19 @@ class Trainer:
         With ``resume`` and an existing checkpoint, continues from it (a missing checkpoint
         starts from scratch with a message). The best model is in ``best_model.pt``.
         """
-        cfg, s = self.config, self.state
+        self._start(resume)
+        if self.state.epoch_done:  # resumed from an epoch-end checkpoint
+            self.state.next_epoch()
+        self.model.train()
+        self.train_model.train()
+        self._started = time.perf_counter()
+        self._elapsed_before = self.state.history[-1]["elapsed_s"] if self.state.history else 0.0
+        while not self.state.stopped and self.state.epoch < self.config.epochs and not self._out_of_steps():
+            self._run_epoch()
+        return self.state.history
+
+    def _start(self, resume: bool) -> None:
+        """Restore the checkpoint (``resume`` and there is one) or start a new ``log.jsonl``."""
         found = os.path.isfile(self.checkpoint_path)
         if self.dist is not None:  # rank 0 decides, so every rank takes the same branch
             found = bool(self.dist.broadcast_object(found))
@@ -518,140 +501,64 @@ class Trainer:
             s = self.state
             self.log(f"resumed from {CHECKPOINT_FILE}: step {s.step}, epoch {s.epoch + 1}"
                      + (" (epoch finished)" if s.epoch_done else f", batch {s.epoch_step}"))
-        else:
-            if resume:
-                self.log(f"--resume: no {CHECKPOINT_FILE} in the output directory yet, starting from scratch")
-            if self.is_main:
-                open(os.path.join(self.output_dir, LOG_FILE), "w").close()
-        if s.epoch_done:  # resumed from an epoch-end checkpoint
-            s.epoch += 1
-            s.epoch_step = 0
-            s.epoch_batch = 0
-            s.epoch_done = False
-            s.loss_sum, s.loss_n, s.tokens = 0.0, 0, 0
-        self.model.train()
-        self.train_model.train()
-        start_time = time.perf_counter()
-        elapsed_before = s.history[-1]["elapsed_s"] if s.history else 0.0
-        while not s.stopped and s.epoch < cfg.epochs and not self._out_of_steps():
-            self._run_epoch(start_time, elapsed_before)
-        return s.history
+            return
+        if resume:
+            self.log(f"fit(resume=True): no {CHECKPOINT_FILE} in the output directory yet, starting from scratch")
+        self.run_log.rewrite()
 
     def _out_of_steps(self) -> bool:
         return self.config.max_steps > 0 and self.state.step >= self.config.max_steps
 
-    def _run_epoch(self, start_time: float, elapsed_before: float) -> None:
+    def _run_epoch(self) -> None:
+        """Train on one pass over the loader (or what is left of it after a resume), then end the epoch."""
+        self._bar = self._epoch_bar()
+        meter = EpochMeter(loss_sum=torch.zeros((), device=self.device))
+        group: AccumGroup | None = None
+        for batch in self.loader:
+            batch = batch.to(self.device, non_blocking=True)
+            if group is None:
+                group = self._new_group()
+            self._train_on(batch, group)
+            if not group.complete:
+                continue
+            stepped = self._optimizer_step(batch, group, meter)
+            group = None
+            if stepped and self._after_step(meter):
+                break
+        self._end_epoch(meter, group)
+
+    def _epoch_bar(self) -> ProgressBar:
+        """The epoch's progress bar, in optimizer steps, ending where ``max_steps`` stops the run."""
         cfg, s = self.config, self.state
         steps = -(-self.steps_per_epoch // cfg.grad_accum) if self.steps_per_epoch else None
-        if cfg.max_steps > 0:  # the bar ends where --max-steps stops the run
+        if cfg.max_steps > 0:
             left = cfg.max_steps - (s.step - s.epoch_step)
             steps = left if steps is None else min(steps, left)
-        bar = _Progress(cfg.progress and self.is_main, steps, s.epoch_step, f"epoch {s.epoch + 1}/{cfg.epochs}")
-        self._bar = bar
-        # the epoch's running loss lives on the device (read only for logs); restored sums come first
-        loss_sum = torch.zeros((), device=self.device)
-        train_time = 0.0
-        new_tokens = 0
+        return ProgressBar(cfg.progress and self.is_main, steps, s.epoch_step, f"epoch {s.epoch + 1}/{cfg.epochs}")
 
-        def mean_loss() -> float:
-            n = s.loss_n
-            return (s.loss_sum + float(loss_sum)) / n if n else float("nan")
+    # ------------------------------------------------------------------ one optimizer step
+    def _new_group(self) -> AccumGroup:
+        """Clear the gradients for the next optimizer step's batches (``grad_accum`` of them, fewer
+        at the end of an epoch)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.config.grad_accum
+        left = accum if accum == 1 else min(accum, self.steps_per_epoch - self.state.epoch_batch)
+        return AccumGroup(size=max(1, left), left=left, loss=torch.zeros((), device=self.device))
 
-        accum = cfg.grad_accum
-        group_left = 0  # batches still to add to the current accumulation group
-        t_prev = time.perf_counter()
-        for batch in self.loader:  # tokens/s counts loading + step time, not evaluation/checkpoints
-            batch = batch.to(self.device, non_blocking=True)
-            if group_left == 0:
-                self.optimizer.zero_grad(set_to_none=True)
-                group_left = accum if accum == 1 else min(accum, self.steps_per_epoch - s.epoch_batch)
-                group_size = max(1, group_left)
-                group_loss = torch.zeros((), device=self.device)
-                group_batches = group_tokens = 0
-            group_left -= 1
-            s.epoch_batch += 1
-            final = group_left <= 0
-            backward = self._backward if group_size == 1 else self._scaled_backward(group_size)
-            sync = contextlib.nullcontext()
-            if not final and self.train_model is not self.model:
-                sync = self.train_model.no_sync()
-            with sync:
-                out = self._run_step(batch, backward)
-            group_loss += out.loss.detach().float()
-            group_batches += 1
-            group_tokens += out.tokens
-            if not final:
-                continue
-            group_left = 0
-            if self.dist is not None and self.grad_sync == "manual":
-                self._all_reduce_grads()
-            grad_norm = None
-            if cfg.clip_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-            if not self._finite(group_loss, grad_norm):
-                self._skip_nonfinite(batch, group_loss, grad_norm)
-                t_prev = time.perf_counter()
-                continue
-            s.nonfinite_streak = 0
-            loss_sum += group_loss
-            s.loss_n += group_batches
-            s.tokens += group_tokens
-            new_tokens += group_tokens
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            s.step += 1
-            s.epoch_step += 1
-            train_time += time.perf_counter() - t_prev
-            tps = new_tokens / train_time if train_time > 0 else 0.0
-            eff = self._efficiency()
-            if bar.bar is not None:
-                bar.update(loss=f"{mean_loss():.4f}", tok_s=f"{tps:,.0f}",
-                           pad_eff=f"{eff:.1%}" if eff is not None else "-")
-            if cfg.log_every > 0 and s.step % cfg.log_every == 0:
-                lr = self.scheduler.get_last_lr()[0]
-                self.log(f"step {s.step} (epoch {s.epoch + 1}): train loss {mean_loss():.4f}, lr {lr:.3g}, "
-                         f"{tps:,.0f} tokens/s")
-                self._report("train", {"loss": mean_loss(), "lr": lr, "tokens_per_s": tps}, s.step)
-            if cfg.eval_every > 0 and s.step % cfg.eval_every == 0:
-                if self._evaluate(mean_loss(), tps, eff, elapsed_before + time.perf_counter() - start_time):
-                    s.stopped = True
-            if s.stopped or self._out_of_steps():
-                break
-            if cfg.save_every > 0 and s.step % cfg.save_every == 0:
-                s.loss_sum += float(loss_sum)
-                loss_sum.zero_()
-                self.save_checkpoint()
-            t_prev = time.perf_counter()
-        bar.close()
-        self._bar = None
-        s.loss_sum += float(loss_sum)
-        loss_sum.zero_()
-        if s.epoch_batch == 0:
-            raise SeqBucketError("the training pipeline yielded no batch: is the training set empty?")
-        if group_left > 0:  # cannot happen with a correct batch count; never step on half a group
-            raise SeqBucketError(f"the training pipeline yielded fewer batches than the "
-                                 f"{self.steps_per_epoch} announced per epoch")
-        tps = new_tokens / train_time if train_time > 0 else 0.0
-        evaluated_here = bool(s.history) and s.history[-1]["step"] == s.step
-        if not evaluated_here:
-            if self._evaluate(mean_loss(), tps, self._efficiency(),
-                              elapsed_before + time.perf_counter() - start_time):
-                s.stopped = True
-        epoch_tokens, epoch_tps = s.tokens, tps
-        if self.dist is not None:  # the whole run's figures, as in log.jsonl
-            epoch_tokens, epoch_tps = self.dist.all_reduce_sum([float(s.tokens), tps])
-        self.log(f"epoch {s.epoch + 1} done: {s.epoch_step} steps, {int(epoch_tokens):,} tokens, "
-                 f"{epoch_tps:,.0f} tokens/s in training steps"
-                 + (f" (all {self.dist.world_size} processes)" if self.dist is not None else ""))
-        s.epoch_done = True
-        self.save_checkpoint()
-        s.epoch += 1
-        s.epoch_step = 0
-        s.epoch_batch = 0
-        s.epoch_done = False
-        s.loss_sum, s.loss_n, s.tokens = 0.0, 0, 0
+    def _train_on(self, batch: Any, group: AccumGroup) -> None:
+        """Run the training step on one batch of ``group``: its gradients add up (scaled by
+        1/size); DDP synchronises them on the group's last batch only."""
+        group.left -= 1
+        self.state.epoch_batch += 1
+        backward = self._backward if group.size == 1 else self._scaled_backward(group.size)
+        sync = contextlib.nullcontext()
+        if not group.complete and self.train_model is not self.model:
+            sync = self.train_model.no_sync()
+        with sync:
+            out = self._run_step(batch, backward)
+        group.loss += out.loss.detach().float()
+        group.batches += 1
+        group.tokens += out.tokens
 
     def _run_step(self, batch: Any, backward: Callable[[torch.Tensor], None]) -> StepOutput:
         """One training step; a CUDA out-of-memory error becomes a :class:`BatchOutOfMemoryError`."""
@@ -659,6 +566,55 @@ class Trainer:
             return self.train_step(self.train_model if self.grad_sync == "ddp" else self.model, batch, backward)
         except torch.OutOfMemoryError as err:
             raise BatchOutOfMemoryError(oom_message(batch, self.device, self.state.step + 1)) from err
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def _scaled_backward(self, n: int) -> Callable[[torch.Tensor], None]:
+        def backward(loss: torch.Tensor) -> None:
+            self._backward(loss / n)
+
+        return backward
+
+    def _optimizer_step(self, batch: Any, group: AccumGroup, meter: EpochMeter) -> bool:
+        """Clip and apply the group's gradients; False when a non-finite loss skipped the step
+        (see :meth:`_skip_nonfinite`)."""
+        cfg, s = self.config, self.state
+        if self.dist is not None and self.grad_sync == "manual":
+            self._all_reduce_grads()
+        grad_norm = None
+        if cfg.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        if not self._finite(group.loss, grad_norm):
+            self._skip_nonfinite(batch, group.loss, grad_norm)
+            meter.restart_clock()
+            return False
+        s.nonfinite_streak = 0
+        meter.loss_sum += group.loss
+        s.loss_n += group.batches
+        s.tokens += group.tokens
+        meter.new_tokens += group.tokens
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        s.step += 1
+        s.epoch_step += 1
+        meter.add_step_time()
+        return True
+
+    def _all_reduce_grads(self) -> None:
+        """Average the gradients over the ranks (one flat all-reduce; missing grads count as 0)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch_dist.all_reduce(flat)
+        flat /= self.dist.world_size
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
 
     def _finite(self, group_loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
         """Whether the loss (and, without a gradient scaler, the gradient norm) of the optimizer
@@ -685,8 +641,9 @@ class Trainer:
         saved = ("no checkpoint has been written yet" if self.last_saved_step is None
                  else f"{CHECKPOINT_FILE} (step {self.last_saved_step}) is intact")
         if cfg.nonfinite == "stop":
-            raise NonFiniteLossError(f"{what}. The weights were not updated with it and {saved}. Lower --lr, "
-                                     f"check the data, or pass --nonfinite skip to skip such steps (counted).")
+            raise NonFiniteLossError(f"{what}. The weights were not updated with it and {saved}. Lower "
+                                     f"TrainConfig.lr, check the data, or set TrainConfig.nonfinite='skip' to "
+                                     f"skip such steps (counted).")
         s.skipped_nonfinite += 1
         s.nonfinite_streak += 1
         self.log(f"{what}: optimizer step skipped ({s.skipped_nonfinite} skipped so far)")
@@ -694,24 +651,36 @@ class Trainer:
             raise NonFiniteLossError(f"{s.nonfinite_streak} optimizer steps in a row had a non-finite loss "
                                      f"(last: {what}); stopping. {saved}.")
 
-    def _scaled_backward(self, n: int) -> Callable[[torch.Tensor], None]:
-        def backward(loss: torch.Tensor) -> None:
-            self._backward(loss / n)
+    # ------------------------------------------------------------------ after a step, after an epoch
+    def _after_step(self, meter: EpochMeter) -> bool:
+        """Show, log, evaluate and checkpoint as the settings ask after an optimizer step; True
+        when the epoch ends here (early stopping or ``max_steps``)."""
+        cfg, s = self.config, self.state
+        tps = meter.tokens_per_s()
+        eff = self._efficiency()
+        if self._bar is not None and self._bar.shown:
+            self._bar.update(loss=f"{meter.mean_loss(s):.4f}", tok_s=f"{tps:,.0f}",
+                             pad_eff=f"{eff:.1%}" if eff is not None else "-")
+        if cfg.log_every > 0 and s.step % cfg.log_every == 0:
+            self._log_train(meter.mean_loss(s), tps)
+        if cfg.eval_every > 0 and s.step % cfg.eval_every == 0:
+            if self._evaluate(meter.mean_loss(s), tps, eff):
+                s.stopped = True
+        if s.stopped or self._out_of_steps():
+            return True
+        if cfg.save_every > 0 and s.step % cfg.save_every == 0:
+            meter.fold(s)
+            self.save_checkpoint()
+        meter.restart_clock()
+        return False
 
-        return backward
-
-    def _all_reduce_grads(self) -> None:
-        """Average the gradients over the ranks (one flat all-reduce; missing grads count as 0)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch_dist.all_reduce(flat)
-        flat /= self.dist.world_size
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
+    def _log_train(self, mean_loss: float, tokens_per_s: float) -> None:
+        """The ``log_every`` line: running train loss, learning rate, tokens/s (and TensorBoard)."""
+        s = self.state
+        lr = self.scheduler.get_last_lr()[0]
+        self.log(f"step {s.step} (epoch {s.epoch + 1}): train loss {mean_loss:.4f}, lr {lr:.3g}, "
+                 f"{tokens_per_s:,.0f} tokens/s")
+        self.run_log.report("train", {"loss": mean_loss, "lr": lr, "tokens_per_s": tokens_per_s}, s.step)
 
     def _efficiency(self) -> float | None:
         if self.batch_stats is None:
@@ -719,24 +688,50 @@ class Trainer:
         stats = self.batch_stats()
         return None if stats is None or not stats.batches else float(stats.padding_efficiency)
 
-    def load_best(self) -> None:
-        """Load ``best_model.pt`` into the model (no-op when there is none)."""
-        if os.path.isfile(self.best_model_path):
-            self.model.load_state_dict(load_checkpoint(self.best_model_path, map_location=self.device))
+    def _end_epoch(self, meter: EpochMeter, group: AccumGroup | None) -> None:
+        """Close the bar, evaluate (unless the last step just did), print the epoch's summary,
+        checkpoint and move to the next epoch."""
+        s = self.state
+        self._bar.close()
+        self._bar = None
+        meter.fold(s)
+        if s.epoch_batch == 0:
+            raise SeqBucketError("the training pipeline yielded no batch: is the training set empty?")
+        if group is not None:  # cannot happen with a correct batch count; never step on half a group
+            raise SeqBucketError(f"the training pipeline yielded fewer batches than the "
+                                 f"{self.steps_per_epoch} announced per epoch (Trainer(steps_per_epoch=...))")
+        tps = meter.tokens_per_s()
+        if not s.evaluated_now():
+            if self._evaluate(meter.mean_loss(s), tps, self._efficiency()):
+                s.stopped = True
+        self._log_epoch(tps)
+        s.epoch_done = True
+        self.save_checkpoint()
+        s.next_epoch()
+
+    def _log_epoch(self, tokens_per_s: float) -> None:
+        s = self.state
+        epoch_tokens, epoch_tps = s.tokens, tokens_per_s
+        if self.dist is not None:  # the whole run's figures, as in log.jsonl
+            epoch_tokens, epoch_tps = self.dist.all_reduce_sum([float(s.tokens), tokens_per_s])
+        self.log(f"epoch {s.epoch + 1} done: {s.epoch_step} steps, {int(epoch_tokens):,} tokens, "
+                 f"{epoch_tps:,.0f} tokens/s in training steps"
+                 + (f" (all {self.dist.world_size} processes)" if self.dist is not None else ""))
 
 
 def oom_message(batch: Any, device: torch.device, step: int) -> str:
-    """The message of a batch that did not fit in memory: its shape and a ``--max-tokens`` that
-    would fit (70% of the failed batch's padded tokens, a multiple of 64)."""
+    """The message of a batch that did not fit in memory: its shape and a ``max_tokens`` budget
+    that would fit (70% of the failed batch's padded tokens, a multiple of 64)."""
     shape = tuple(getattr(batch, "input_ids", torch.empty(0)).shape)
     if len(shape) < 2:
-        return f"out of {device} memory in training step {step}; lower --max-tokens or --batch-size"
+        return (f"out of {device} memory in training step {step}; lower the pipeline's max_tokens or "
+                f"batch_size (bucket_batch)")
     rows, cols = shape[0], shape[1]
     padded = rows * cols
     lengths = getattr(batch, "lengths", None)
     real = f", {int(lengths.sum()):,} real" if isinstance(lengths, torch.Tensor) else ""
     fits = max(64, int(padded * 0.7) // 64 * 64)
     return (f"out of {device} memory in training step {step} on a batch of {rows} rows x {cols} tokens "
-            f"({padded:,} padded tokens{real}). Lower the token budget: --max-tokens {fits} keeps every batch "
-            f"at most {fits:,} padded tokens (--max-length shortens the longest examples; --longest-first "
-            f"shows such an error at step 1).")
+            f"({padded:,} padded tokens{real}). Lower the token budget: bucket_batch(max_tokens={fits}) keeps "
+            f"every batch at most {fits:,} padded tokens (tokenize(max_length=...) shortens the longest "
+            f"examples; bucket_batch(longest_first=True) shows such an error at step 1).")
