@@ -652,7 +652,8 @@ def section_recipe(device, quick, budget: Budget, workdir: Path) -> dict:
     common = [*files, "--device", device.type, "--no-progress", "--epochs", "1"]
     if quick:
         common += ["--embedding-dim", "16", "--hidden-size", "16", "--max-length", "128"]
-    rc, wall, stdout, stderr = _recipe([*common, "--output-dir", str(workdir / "epoch")],
+    epoch = ["--max-steps", "10"] if quick else []  # --quick checks that the recipe runs, on a loaded CI machine too
+    rc, wall, stdout, stderr = _recipe([*common, *epoch, "--output-dir", str(workdir / "epoch")],
                                        timeout=max(60.0, budget.left() - 30))
     summary_file = workdir / "epoch" / "run_summary.json"
     metrics_file = workdir / "epoch" / "metrics.json"
