@@ -32,6 +32,7 @@ def test_every_choice_is_in_range_and_explained(n, mean, task, span, seed):
     assert chosen.values["max_tokens"] >= 256 and chosen.values["max_batch_size"] >= TARGET_ROWS
     assert chosen.values["min_frequency"] in (1, 2)
     assert 0 <= chosen.values["word_dropout"] <= 0.1
+    assert chosen.values["hidden_size"] in (128, 256)
     batches = max(1, n // TARGET_ROWS)
     schedule = choose_schedule_settings({}, num_examples=n, batches_per_epoch=batches)
     assert 3 <= schedule.values["epochs"] <= 40
@@ -45,10 +46,20 @@ def test_every_choice_is_in_range_and_explained(n, mean, task, span, seed):
 def test_explicit_options_are_never_chosen(task):
     given_options = {"max_length": 100, "min_frequency": 3, "word_dropout": 0.2, "max_tokens": 999, "max_batch_size": 7,
                      "metric": "accuracy", "decoder": "softmax", "epochs": 2, "lr": 0.1, "warmup_ratio": 0.0,
-                     "eval_every": 0, "patience": 0}
+                     "eval_every": 0, "patience": 0, "hidden_size": 64}
     data = choose_data_settings(given_options, task=task, lengths=[5, 6, 7], label_counts=[9, 1], span_tags=True)
     schedule = choose_schedule_settings(given_options, num_examples=3, batches_per_epoch=1)
     assert data.values == {} and schedule.values == {}
+
+
+def test_large_tagging_sets_get_a_larger_encoder():
+    """Every token of a tagging set is a decision: 100k of them (UD EWT has 204k) get 256 units per
+    direction; a small tagging set and any classification set keep 128."""
+    sentences = np.full(10_000, 20)  # 200k tokens
+    assert choose_data_settings({}, task="tagging", lengths=sentences).values["hidden_size"] == 256
+    assert choose_data_settings({}, task="tagging", lengths=sentences[:3_000]).values["hidden_size"] == 128
+    assert choose_data_settings({}, task="classification", lengths=sentences, label_counts=[5_000, 5_000]
+                                ).values["hidden_size"] == 128
 
 
 def test_max_length_zero_means_whole_examples_and_batch_size_replaces_the_budget():

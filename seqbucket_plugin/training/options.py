@@ -100,7 +100,8 @@ class RecipeOptions:
     # model
     encoder: str = option("bilstm", "a registered encoder name (see list_encoders())", group="model")
     embedding_dim: int = option(100, "word vector size", group="model", low=1)
-    hidden_size: int = option(128, "encoder hidden size per direction", group="model", low=1)
+    hidden_size: int | None = option(None, "encoder hidden size per direction", group="model", type=int, low=1,
+                                     auto=True)
     num_layers: int = option(1, "encoder layers", group="model", low=1)
     dropout: float = option(0.3, "dropout rate of the model", group="model", low=0.0, high=1.0)
     word_dropout: float | None = option(None, "training only: probability that a word is replaced by the unknown "
