@@ -1,17 +1,18 @@
 """The run plumbing every recipe shares, so that a recipe keeps only its task's steps.
 
-A recipe's ``main()`` reads::
+A recipe's ``main()`` reads (``recipes/text_classification.py``)::
 
     opts = parse_args(argv, ClassificationOptions, DESCRIPTION)
-    with RecipeRun(opts, task="classification", encoder_options=...) as run:   # seed, processes, checks
-        with run.main_process_first():                                          # rank 0 writes, others read
+    with RecipeRun(opts, task="classification", encoder_options=...) as run:  # seed, processes, checks
+        with run.main_process_first():                                         # rank 0 writes, others read
             splits = run.load_splits(read_files, generate=write_classification_data)
+            chosen = choose_settings(opts, splits["train"], names)              # the task's data rules
             tokenizer = run.load_or_build("tokenizer", build=..., load=TextTokenizer.load, save=...)
-        chosen = choose_data_settings(...)                                       # the task's own rules
-        train_pipe = run.pipe(tokenized["train"], pad_id, train=True)
-        run.settle(chosen, num_examples=..., batches_per_epoch=...)              # schedule, config.json
-        trainer = run.trainer(model, train_pipe, evaluate, step, ...)
-        return run.fit_and_report(trainer, train_pipe, eval_loaders, evaluate)  # metrics, summary, plots
+        train_pipe = run.pipe(tokenized["train"], tokenizer.pad_id, train=True)
+        run.settle(chosen, num_examples=..., batches_per_epoch=...)             # schedule, config.json
+        trainer = run.trainer(model, train_pipe, evaluate_on_dev, step=..., train=..., dev=...,
+                              vocabularies=..., labels=names)
+        return run.fit_and_report(trainer, train_pipe, loaders, evaluate, what=..., data=...)
 
 Everything that touches the output directory happens in rank 0 only, and nothing is written
 before the options, the encoder's options, ``--embeddings`` and a checkpoint to resume are
@@ -181,9 +182,13 @@ class RecipeRun:
         torch.manual_seed(self.opts.seed)
         self.started = time.perf_counter()
         self.recorder = DebugRecorder(self.ctx)
-        check_auto_max_tokens(self.opts, self.device)
-        self.opts.resuming = checkpoint_to_resume(self.opts, self.out)  # an unreadable checkpoint fails here
-        check_options(self.opts, self.encoder_options, quiet=not self.ctx.is_main)
+        try:
+            check_auto_max_tokens(self.opts, self.device)
+            self.opts.resuming = checkpoint_to_resume(self.opts, self.out)  # an unreadable checkpoint fails here
+            check_options(self.opts, self.encoder_options, quiet=not self.ctx.is_main)
+        except BaseException:
+            self._stack.close()  # ``with`` calls __exit__ only once __enter__ has returned
+            raise
         return self
 
     def __exit__(self, *exc_info: Any) -> bool | None:
@@ -225,8 +230,8 @@ class RecipeRun:
     def load_splits(self, read: Callable[[DataFiles | None], Mapping[str, datasets.Dataset]],
                     generate: Callable[..., dict[str, str]]) -> datasets.DatasetDict:
         """``read(files)`` (``files`` None with ``--dataset``), with a dev set held out of the
-        training set (10%, seeded) when there is none (a RecipeError under 10 examples), and (debug runs) an ``idx`` column of
-        example ids on the training set."""
+        training set (10%, seeded) when there is none (a RecipeError under 10 examples), and (debug
+        runs) an ``idx`` column of example ids on the training set."""
         files = None if self.opts.dataset else self.data_files(generate)
         splits = {name: split for name, split in read(files).items() if split is not None}
         if "dev" not in splits:
