@@ -115,7 +115,8 @@ def export_onnx(run: Any, path: str | os.PathLike, *, opset: int = OPSET) -> str
     path = os.fspath(path)
     config = run.config
     if config.get("tbptt_chunk"):
-        raise SeqBucketError("a run trained with --tbptt-chunk classifies chunk by chunk; it is not exported")
+        raise SeqBucketError("a run trained with truncated BPTT (tbptt_chunk > 0 in its config.json) classifies chunk by chunk; "
+                             "it is not exported")
     model = run.model.cpu().eval()
     pad = run.tokenizer.pad_id
     ids = torch.full((3, 5), pad, dtype=torch.long)

@@ -125,7 +125,7 @@ def test_the_search_model_is_thrown_away_and_the_rng_is_kept():
     expected = torch.rand(3)
     torch.manual_seed(3)
     chosen = Chosen()
-    budget.resolve_auto_max_tokens(args, ctx, "unused", chosen, build_model=model, make_batch=batches(),
+    recipe_run.resolve_auto_max_tokens(args, ctx, "unused", chosen, build_model=model, make_batch=batches(),
                                    step=oom_above(9), longest=LONGEST, probe=FakeProbe())
     assert torch.equal(torch.rand(3), expected), "the search draws nothing from the run's random streams"
     assert args.max_tokens == chosen.values["max_tokens"] == int(0.9 * 9 * LONGEST) // 64 * 64
@@ -140,7 +140,7 @@ def test_a_resume_reuses_the_budget_its_run_found(tmp_path):
     def never(*a, **k):
         raise AssertionError("no search when resuming")
 
-    budget.resolve_auto_max_tokens(args, None, tmp_path, chosen, build_model=never, make_batch=never, step=never,
+    recipe_run.resolve_auto_max_tokens(args, None, tmp_path, chosen, build_model=never, make_batch=never, step=never,
                                    longest=LONGEST)
     assert args.max_tokens == 1234 and "config.json" in chosen.reasons["max_tokens"]
 
@@ -156,7 +156,7 @@ def test_worst_case_batches_are_the_longest_examples():
 
 
 def test_check_refuses_cpu_and_fixed_rows():
-    check = budget.check_auto_max_tokens
+    check = recipe_run.check_auto_max_tokens
     check(types.SimpleNamespace(max_tokens=4096), torch.device("cpu"))  # a number: nothing to check
     with pytest.raises(BudgetSearchError, match="needs a CUDA device; this run is on cpu"):
         check(types.SimpleNamespace(max_tokens="auto", batch_size=None, batching="bucket"), torch.device("cpu"))
@@ -205,9 +205,11 @@ def test_recipe_trains_with_the_budget_found_and_resumes_with_it(cls_data, tmp_p
 
     longest = [0]
 
+    real_resolve = recipe_run.resolve_auto_max_tokens
+
     def resolve(args, ctx, out, chosen, **kwargs):
         longest[0] = kwargs["longest"]() if callable(kwargs["longest"]) else kwargs["longest"]
-        return budget.resolve_auto_max_tokens(args, ctx, out, chosen, probe=FakeProbe(), **kwargs)
+        return real_resolve(args, ctx, out, chosen, probe=FakeProbe(), **kwargs)
 
     monkeypatch.setattr(recipe_run, "resolve_auto_max_tokens", resolve)
     monkeypatch.setattr(cls_recipe, "classification_step", step_that_fails_above)

@@ -34,8 +34,8 @@ from torch import nn
 
 from seqbucket_plugin.errors import BudgetSearchError
 
-__all__ = ["AUTO", "BudgetSearch", "CudaMemoryProbe", "MemoryProbe", "Trial", "amp_autocast", "check_auto_max_tokens",
-           "dataset_worst_case_batches", "find_max_tokens", "longest_rows_batches", "resolve_auto_max_tokens"]
+__all__ = ["BudgetSearch", "CudaMemoryProbe", "MemoryProbe", "Trial", "amp_autocast", "dataset_worst_case_batches",
+           "find_max_tokens", "longest_rows_batches"]
 
 
 class MemoryProbe(Protocol):
@@ -128,7 +128,7 @@ class BudgetSearch:
         else:
             limit = (f"every batch up to the row cap fits ({self.largest_fit // self.longest} rows, "
                      f"{self.largest_fit:,} tokens)")
-            kept = "the row cap (--max-batch-size) bounds every batch, not memory"
+            kept = "the row cap (max_rows) bounds every batch, not memory"
         return (f"{self.max_tokens:,} tokens, the largest budget that fits {self.device}: worst-case batches of "
                 f"the longest length {self.longest}, {limit}{cap}{used}; {kept} ({len(self.trials)} training steps)")
 
@@ -232,7 +232,7 @@ def find_max_tokens(
         if device.type != "cuda":
             raise BudgetSearchError(
                 f"the largest-budget search measures GPU memory; on {device.type} there is no memory cap to "
-                "search against (give a MemoryProbe, or a --max-tokens number)")
+                "search against (give a MemoryProbe, or a token budget of your own)")
         probe = CudaMemoryProbe(device, memory_fraction)
     top = max(1, min(max_rows or limit // longest, limit // longest))
     say = log or (lambda message: None)
@@ -256,7 +256,7 @@ def find_max_tokens(
         if not run(1):
             raise BudgetSearchError(
                 f"not even one row of the longest training length ({longest} tokens) trains on {device}: "
-                "lower --max-length (or the model size)")
+                "lower the longest length (max_length) or the model size")
         low, high = 1, None
         while high is None and low < top:  # doubling
             rows = min(top, low * 2)
@@ -284,66 +284,6 @@ def find_max_tokens(
         max_tokens=budget, largest_fit=largest, smallest_failure=None if high is None else high * longest,
         longest=longest, bound="memory" if high is not None else "max_rows", margin=margin,
         cap=getattr(probe, "cap", None), trials=trials, device=str(device))
-
-
-AUTO = "auto"
-
-
-def check_auto_max_tokens(args: Any, device: torch.device) -> None:
-    """``--max-tokens auto`` is possible here: a CUDA device and a token budget (not
-    ``--batch-size`` or ``--batching naive``). Call before anything is written.
-
-    Raises:
-        BudgetSearchError: with the reason (a recipe prints it as one ``error:`` line, exit 2).
-    """
-    if getattr(args, "max_tokens", None) != AUTO:
-        return
-    if device.type != "cuda":
-        raise BudgetSearchError(
-            f"--max-tokens auto searches the largest token budget that fits GPU memory (real training steps on the "
-            f"longest batches) and needs a CUDA device; this run is on {device.type}. On a CPU give a number, or "
-            "leave --max-tokens out to have it chosen from the data")
-    if getattr(args, "batch_size", None) or getattr(args, "batching", None) == "naive":
-        raise BudgetSearchError("--max-tokens auto sets a token budget; it cannot go with --batch-size or "
-                                "--batching naive (fixed rows per batch)")
-
-
-def resolve_auto_max_tokens(args: Any, ctx: Any, output_dir: Any, chosen: Any, *,
-                            build_model: Callable[[], nn.Module], make_batch: Callable[[int], Any],
-                            step: Callable, longest: int | Callable[[], int],
-                            probe: MemoryProbe | None = None) -> None:
-    """Replace ``args.max_tokens == "auto"`` by the largest budget that fits (:func:`find_max_tokens`
-    with ``max_rows=args.max_batch_size``), recorded in ``chosen`` with the search's summary as the
-    reason. Rank 0 searches; every rank gets its result. A resumed run reuses the budget its
-    ``config.json`` recorded (a search could come out a little different and the resume would
-    then be refused as another run). No-op unless ``args.max_tokens == "auto"``; ``longest`` may be
-    a callable, and ``make_batch`` reads the data only when called, so a run with a numeric budget
-    pays nothing at start-up."""
-    if getattr(args, "max_tokens", None) != AUTO:
-        return
-    import json
-    import os
-
-    config_path = os.path.join(os.fspath(output_dir), "config.json")
-    if getattr(args, "resuming", False) and os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f).get("max_tokens")
-        if isinstance(saved, int) and saved > 0:
-            args.max_tokens = saved
-            chosen.set("max_tokens", saved, "--max-tokens auto: the budget this run found at its start (config.json)")
-            return
-    value = reason = None
-    if ctx.is_main:
-        print(f"--max-tokens auto: searching the largest token budget that fits {ctx.device} ...")
-        cuda = [ctx.device] if ctx.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # the run's own model and dropout draw as without the search
-            result = find_max_tokens(build_model, make_batch, step, ctx.device,
-                                     longest=longest() if callable(longest) else longest,
-                                     max_rows=getattr(args, "max_batch_size", None), probe=probe, log=print)
-        value, reason = result.max_tokens, "--max-tokens auto: " + result.summary()
-    value, reason = ctx.broadcast_object((value, reason))
-    args.max_tokens = int(value)
-    chosen.set("max_tokens", int(value), reason)
 
 
 def dataset_worst_case_batches(dataset: Any, pad_id: int, transform: Callable[[Any], Any] | None = None,

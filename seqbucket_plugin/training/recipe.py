@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqbucket_plugin.training.budget import amp_autocast, check_auto_max_tokens, resolve_auto_max_tokens
+from seqbucket_plugin.errors import BudgetSearchError
+from seqbucket_plugin.training.budget import MemoryProbe, amp_autocast, find_max_tokens
 from seqbucket_plugin.training.cli import (
     RecipeError,
     checkpoint_to_resume,
@@ -59,7 +60,7 @@ from seqbucket_plugin.training.fingerprint import run_fingerprint
 from seqbucket_plugin.training.model_options import check_options
 from seqbucket_plugin.training.plots import plot_lengths, plot_training_curves
 
-__all__ = ["DataFiles", "RecipeRun", "hub_splits", "predict_input_lines", "predict_to_jsonl", "set_up_process"]
+__all__ = ["DataFiles", "RecipeRun", "check_auto_max_tokens", "resolve_auto_max_tokens", "hub_splits", "predict_input_lines", "predict_to_jsonl", "set_up_process"]
 
 GENERATED_DIR = "generated_data"
 LABELS_FILE = "labels.json"
@@ -148,6 +149,63 @@ def predict_to_jsonl(opts: Any, inputs: list, record: Callable[[int, dict], dict
         if sink is not sys.stdout:
             sink.close()
     return {"predictions": len(inputs)}
+
+
+AUTO = "auto"
+
+
+def check_auto_max_tokens(args: Any, device: torch.device) -> None:
+    """``--max-tokens auto`` is possible here: a CUDA device and a token budget (not
+    ``--batch-size`` or ``--batching naive``). Call before anything is written.
+
+    Raises:
+        BudgetSearchError: with the reason (a recipe prints it as one ``error:`` line, exit 2).
+    """
+    if getattr(args, "max_tokens", None) != AUTO:
+        return
+    if device.type != "cuda":
+        raise BudgetSearchError(
+            f"--max-tokens auto searches the largest token budget that fits GPU memory (real training steps on the "
+            f"longest batches) and needs a CUDA device; this run is on {device.type}. On a CPU give a number, or "
+            "leave --max-tokens out to have it chosen from the data")
+    if getattr(args, "batch_size", None) or getattr(args, "batching", None) == "naive":
+        raise BudgetSearchError("--max-tokens auto sets a token budget; it cannot go with --batch-size or "
+                                "--batching naive (fixed rows per batch)")
+
+
+def resolve_auto_max_tokens(args: Any, ctx: Any, output_dir: Any, chosen: Any, *,
+                            build_model: Callable[[], nn.Module], make_batch: Callable[[int], Any],
+                            step: Callable, longest: int | Callable[[], int],
+                            probe: MemoryProbe | None = None) -> None:
+    """Replace ``args.max_tokens == "auto"`` by the largest budget that fits (:func:`find_max_tokens`
+    with ``max_rows=args.max_batch_size``), recorded in ``chosen`` with the search's summary as the
+    reason. Rank 0 searches; every rank gets its result. A resumed run reuses the budget its
+    ``config.json`` recorded (a search could come out a little different and the resume would
+    then be refused as another run). No-op unless ``args.max_tokens == "auto"``; ``longest`` may be
+    a callable, and ``make_batch`` reads the data only when called, so a run with a numeric budget
+    pays nothing at start-up."""
+    if getattr(args, "max_tokens", None) != AUTO:
+        return
+    config_path = os.path.join(os.fspath(output_dir), "config.json")
+    if getattr(args, "resuming", False) and os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f).get("max_tokens")
+        if isinstance(saved, int) and saved > 0:
+            args.max_tokens = saved
+            chosen.set("max_tokens", saved, "--max-tokens auto: the budget this run found at its start (config.json)")
+            return
+    value = reason = None
+    if ctx.is_main:
+        print(f"--max-tokens auto: searching the largest token budget that fits {ctx.device} ...")
+        cuda = [ctx.device] if ctx.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the run's own model and dropout draw as without the search
+            result = find_max_tokens(build_model, make_batch, step, ctx.device,
+                                     longest=longest() if callable(longest) else longest,
+                                     max_rows=getattr(args, "max_batch_size", None), probe=probe, log=print)
+        value, reason = result.max_tokens, "--max-tokens auto: " + result.summary()
+    value, reason = ctx.broadcast_object((value, reason))
+    args.max_tokens = int(value)
+    chosen.set("max_tokens", int(value), reason)
 
 
 class RecipeRun:
@@ -299,7 +357,7 @@ class RecipeRun:
     def resolve_auto_max_tokens(self, chosen: Any, *, longest: Callable[[], int], build_model: Callable[[], nn.Module],
                                 make_batch: Callable[[int], Any], step: Callable) -> None:
         """``--max-tokens auto`` (CUDA): the largest budget that fits, found by real training
-        steps (:func:`~seqbucket_plugin.training.budget.resolve_auto_max_tokens`); a no-op
+        steps (:func:`resolve_auto_max_tokens`); a no-op
         otherwise. ``step`` is called as ``step(autocast)``."""
         resolve_auto_max_tokens(self.opts, self.ctx, self.out, chosen, longest=longest, build_model=build_model,
                                 make_batch=make_batch, step=step(amp_autocast(self.opts.amp, self.device)))
