@@ -111,6 +111,7 @@ def parse_args(argv: Sequence[str] | None, options: type[RecipeOptions], descrip
     known, _ = pre.parse_known_args(argv)
     if known.config:
         config = load_config(known.config)
+        config.pop("config", None)  # saved by older runs; a config file never names another file
         unknown = sorted(set(config) - {a.dest for a in parser._actions})
         if unknown:
             raise RecipeError(f"{known.config}: unknown config keys {unknown}", known.config)
