@@ -79,6 +79,7 @@ __all__ = ["StepOutput", "TrainConfig", "Trainer", "linear_warmup_decay", "resol
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_MODEL_FILE = "best_model.pt"
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng", "loader", "loop")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,7 +153,7 @@ def check_settings(config: TrainConfig, steps_per_epoch: int | None, grad_sync: 
         raise SeqBucketError(f"Trainer(grad_sync=...) must be 'ddp' or 'manual', got {grad_sync!r}")
     if config.grad_accum is None or config.grad_accum < 1:
         raise SeqBucketError(f"TrainConfig.grad_accum must be a positive integer, got {config.grad_accum!r}")
-    if config.nonfinite not in ("stop", "skip"):
+    if config.nonfinite not in NONFINITE_POLICIES:
         raise SeqBucketError(f"TrainConfig.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
     if config.report_to not in REPORT_TO:
         raise SeqBucketError(f"TrainConfig.report_to must be one of {list(REPORT_TO)}, got {config.report_to!r}")

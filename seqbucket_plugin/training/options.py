@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
-from seqbucket_plugin.training.engine import TrainConfig
+from seqbucket_plugin.datapipes.tokenize.truncation import TruncationKind
+from seqbucket_plugin.training.engine import NONFINITE_POLICIES, TrainConfig
+from seqbucket_plugin.training.run_log import REPORT_TO
 
 __all__ = ["ClassificationOptions", "RecipeOptions", "TaggingOptions", "auto_options", "build_parser",
            "option", "option_defaults", "option_ranges", "per_invocation_options"]
@@ -134,7 +136,7 @@ class RecipeOptions:
     save_every: int = _train("save_every", "checkpoint every N steps (and at epoch ends)", low=0)
     seed: int = _train("seed", "seed of the initialisation, batches and dropout", low=0)
     nonfinite: str = _train("nonfinite", "a NaN/inf loss: stop with an error naming the step, or skip the step "
-                                         "and count it", choices=("stop", "skip"))
+                                         "and count it", choices=NONFINITE_POLICIES)
     nonfinite_patience: int = _train("nonfinite_patience", "with --nonfinite skip: stop after this many skipped "
                                                            "steps in a row (0: never)", low=0)
     device: str = option("auto", "auto: CUDA when available", group="training", choices=("auto", "cpu", "cuda"))
@@ -145,7 +147,7 @@ class RecipeOptions:
                                          "(0: only at evaluations)", low=0, metavar="N")
     report_to: str = _train("report_to", "also write the train and dev figures for TensorBoard to "
                                          "<output-dir>/tensorboard (pip install 'seqbucket_plugin[tensorboard]')",
-                            choices=("none", "tensorboard"))
+                            choices=REPORT_TO)
     # run
     output_dir: str = option("runs/run", "where the config, tokenizer, labels, model, metrics and plots go",
                              group="run")
@@ -173,7 +175,7 @@ class ClassificationOptions(RecipeOptions):
     column_names: str | None = option(None, "comma-separated column names of CSV/TSV files without a header row",
                                       group="text classification")
     truncation: str = option("head+tail", "what --max-length keeps", group="text classification",
-                             choices=("head", "tail", "head+tail"))
+                             choices=get_args(TruncationKind))
     head_fraction: float = option(0.25, "share of --max-length kept from the head (head+tail)",
                                   group="text classification", low=0.0, high=1.0)
     tbptt_chunk: int = option(0, "train on chunks of N tokens with truncated back-propagation through time "

@@ -42,6 +42,7 @@ from seqbucket_plugin.training.budget import MemoryProbe, amp_autocast, find_max
 from seqbucket_plugin.training.cli import (
     RecipeError,
     checkpoint_to_resume,
+    load_config,
     open_predictions,
     read_stdin_lines,
     run_options,
@@ -188,8 +189,7 @@ def resolve_auto_max_tokens(args: Any, ctx: Any, output_dir: Any, chosen: Any, *
         return
     config_path = os.path.join(os.fspath(output_dir), "config.json")
     if getattr(args, "resuming", False) and os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f).get("max_tokens")
+        saved = load_config(config_path).get("max_tokens")
         if isinstance(saved, int) and saved > 0:
             args.max_tokens = saved
             chosen.set("max_tokens", saved, "--max-tokens auto: the budget this run found at its start (config.json)")
