@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         def evaluate(model, loader):
             return evaluate_tagger(model, loader, run.device, tag_names, naive=naive, dist=run.ctx)
 
-        model = build_model(opts, tokenizer, len(tag_names), len(chars), pretrained_embedding(opts, tokenizer))
+        model = build_model(opts, tokenizer, len(tag_names), len(chars),
+                            pretrained_embedding(opts, tokenizer, tokenized["train"]))
         trainer = run.trainer(model, train_pipe, lambda m: evaluate(m, loaders["dev"]), step=step,
                               train=tokenized["train"], dev=tokenized["dev"], labels=tag_names,
                               vocabularies=[tokenizer.tokenizer.to_str(), json.dumps(chars.chars)])

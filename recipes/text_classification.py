@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             return evaluate_classifier(model, loader, run.device, naive=opts.batching == "naive",
                                        tbptt_chunk=opts.tbptt_chunk, num_classes=len(names), dist=run.ctx)
 
-        model = build_model(opts, tokenizer, len(names), pretrained_embedding(opts, tokenizer))
+        model = build_model(opts, tokenizer, len(names), pretrained_embedding(opts, tokenizer, tokenized["train"]))
         trainer = run.trainer(model, train_pipe, lambda m: evaluate(m, loaders["dev"]), step=step,
                               train=tokenized["train"], dev=tokenized["dev"],
                               vocabularies=[tokenizer.tokenizer.to_str()], labels=names,

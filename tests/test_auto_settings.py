@@ -31,6 +31,8 @@ def test_every_choice_is_in_range_and_explained(n, mean, task, span, seed):
     assert 8 <= chosen.values["max_length"] <= MAX_LENGTH_CAP
     assert chosen.values["max_tokens"] >= 256 and chosen.values["max_batch_size"] >= TARGET_ROWS
     assert chosen.values["min_frequency"] in (1, 2)
+    large = task == "classification" and int(lengths.mean() * n) >= 1_000_000
+    assert chosen.values["embedding_init"] == ("cooccurrence" if large else "random")
     assert 0 <= chosen.values["word_dropout"] <= 0.1
     assert chosen.values["hidden_size"] in (128, 256)
     batches = max(1, n // TARGET_ROWS)
@@ -46,10 +48,23 @@ def test_every_choice_is_in_range_and_explained(n, mean, task, span, seed):
 def test_explicit_options_are_never_chosen(task):
     given_options = {"max_length": 100, "min_frequency": 3, "word_dropout": 0.2, "max_tokens": 999, "max_batch_size": 7,
                      "metric": "accuracy", "decoder": "softmax", "epochs": 2, "lr": 0.1, "warmup_ratio": 0.0,
-                     "eval_every": 0, "patience": 0, "hidden_size": 64}
+                     "eval_every": 0, "patience": 0, "hidden_size": 64, "embedding_init": "random"}
     data = choose_data_settings(given_options, task=task, lengths=[5, 6, 7], label_counts=[9, 1], span_tags=True)
     schedule = choose_schedule_settings(given_options, num_examples=3, batches_per_epoch=1)
     assert data.values == {} and schedule.values == {}
+
+
+def test_large_classification_sets_start_from_cooccurrence_vectors():
+    """1M+ training tokens of classification start from the texts' co-occurrence vectors; smaller
+    sets and tagging start random; ``--embeddings FILE`` leaves the choice to the file."""
+    reviews = np.full(5_000, 250)  # 1.25M tokens
+
+    def init(task, lengths, **given):
+        return choose_data_settings(given, task=task, lengths=lengths, label_counts=[1, 1]).values.get("embedding_init")
+    assert init("classification", reviews) == "cooccurrence"
+    assert init("classification", reviews[:3_000]) == "random"
+    assert init("tagging", reviews) == "random"
+    assert init("classification", reviews, embeddings="vectors.txt") is None
 
 
 def test_large_tagging_sets_get_a_larger_encoder():

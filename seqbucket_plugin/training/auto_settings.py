@@ -38,6 +38,10 @@ The rules (one place, no data-set names):
   (every token is a decision: UD EWT, 204k tokens, single-threaded: test accuracy 0.9536 with
   128, 0.9559 with 256, in 2.4x the time). Classification keeps 128 (IMDB's 22,500 reviews are
   22,500 decisions; a larger encoder there is unmeasured).
+* **Embedding start**: classification sets of 1M+ training tokens start their word vectors from
+  the words' co-occurrences in the training texts (PPMI + SVD, seconds; an LSTM over long reviews
+  otherwise spends its first epoch learning them); smaller sets and tagging start from random
+  vectors. ``--embeddings FILE`` replaces both.
 * **Decoder** (tagging): a CRF for span tags, a softmax otherwise.
 * **Selection metric**: span F1 for span tags (BIO/IOBES...), token accuracy otherwise;
   accuracy for classification, macro-F1 when one class holds 60% or more of the training set.
@@ -101,8 +105,8 @@ def _round_up(x: float, multiple: int) -> int:
 def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[int] | np.ndarray,
                          num_tokens: int | None = None, label_counts: Sequence[int] | None = None,
                          span_tags: bool = False) -> Chosen:
-    """Fill ``max_length``, ``hidden_size``, ``min_frequency``, ``word_dropout``, ``max_tokens``,
-    ``max_batch_size``, ``metric`` and (tagging) ``decoder``.
+    """Fill ``max_length``, ``hidden_size``, ``embedding_init``, ``min_frequency``, ``word_dropout``,
+    ``max_tokens``, ``max_batch_size``, ``metric`` and (tagging) ``decoder``.
 
     Args:
         given: the options as parsed; a key whose value is ``None`` is chosen, any other is kept.
@@ -147,6 +151,15 @@ def choose_data_settings(given: dict[str, Any], *, task: str, lengths: Sequence[
             what = f"{total:,} training tokens" if task == "tagging" else "classification"
             chosen.set("hidden_size", BASE_HIDDEN, f"{what}: {BASE_HIDDEN} per direction ({LARGE_HIDDEN} is for "
                                                    f"tagging sets of {LARGE_TAGGING_TOKENS:,}+ tokens)")
+
+    if given.get("embedding_init") is None and not given.get("embeddings"):
+        if task == "classification" and total >= SMALL_DATA_TOKENS:
+            chosen.set("embedding_init", "cooccurrence", f"{total:,} training tokens (>= {SMALL_DATA_TOKENS:,}): "
+                                                         "word vectors from their co-occurrences in the training texts")
+        else:
+            why = f"{total:,} training tokens (< {SMALL_DATA_TOKENS:,})" if task == "classification" else "tagging"
+            chosen.set("embedding_init", "random", f"{why}: random word vectors (co-occurrence vectors are for "
+                                                   f"classification sets of {SMALL_DATA_TOKENS:,}+ tokens)")
 
     if given.get("min_frequency") is None:
         if total < SMALL_DATA_TOKENS:

@@ -1,5 +1,6 @@
-"""What the recipes check and build around the model: the options an encoder takes, and an
-embedding from pretrained word vectors (``--embeddings FILE``, ``--freeze-embeddings``).
+"""What the recipes check and build around the model: the options an encoder takes, and the
+starting word embedding (pretrained vectors with ``--embeddings FILE``, or vectors of the training
+texts with ``--embedding-init cooccurrence``; ``--freeze-embeddings``).
 
 Both checks run before a recipe writes anything, so a bad option or file ends the run with one
 ``error:`` line (exit status 2) and an untouched ``--output-dir``.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 from typing import Any
+
+import torch
 
 from seqbucket_plugin.encoders.errors import UnknownEncoderError
 from seqbucket_plugin.encoders.registry import accepted_options, list_encoders, supported_options
@@ -80,17 +83,22 @@ def check_embeddings(args: argparse.Namespace) -> None:
     vectors' dimension (so ``config.json`` rebuilds the model). A no-op without ``--embeddings``.
 
     Raises:
-        RecipeError: ``--freeze-embeddings`` without ``--embeddings``, a missing file, or an
-            ``--embedding-dim`` given explicitly that differs from the vectors'.
+        RecipeError: ``--freeze-embeddings`` with neither ``--embeddings`` nor ``--embedding-init
+            cooccurrence``, both of those, a missing file, or an ``--embedding-dim`` given
+            explicitly that differs from the vectors'.
         DataFormatError: the file is not a word-vectors file.
     """
     from seqbucket_plugin.training.cli import RecipeError
     from seqbucket_plugin.vectors import vectors_dim
 
     path = getattr(args, "embeddings", None)
+    init = getattr(args, "embedding_init", None)
+    if path and init == "cooccurrence":
+        raise RecipeError("--embeddings FILE and --embedding-init cooccurrence both set the starting word vectors; "
+                          "give one")
     if not path:
-        if getattr(args, "freeze_embeddings", False):
-            raise RecipeError("--freeze-embeddings needs --embeddings FILE")
+        if getattr(args, "freeze_embeddings", False) and init != "cooccurrence":
+            raise RecipeError("--freeze-embeddings needs --embeddings FILE or --embedding-init cooccurrence")
         return
     if not os.path.isfile(path):
         raise RecipeError(f"--embeddings: file not found: {path}")
@@ -102,22 +110,45 @@ def check_embeddings(args: argparse.Namespace) -> None:
     args.embedding_dim = dim
 
 
-def pretrained_embedding(args: argparse.Namespace, tokenizer: Any) -> Any:
-    """The embedding of ``tokenizer``'s vocabulary from ``--embeddings`` (reading only the rows it
-    needs; OOV rows random, see :func:`~seqbucket_plugin.vectors.build_embedding`), frozen with
-    ``--freeze-embeddings``; prints the coverage. None without ``--embeddings``."""
+def pretrained_embedding(args: argparse.Namespace, tokenizer: Any, train: Any = None) -> Any:
+    """The starting word embedding of ``tokenizer``'s vocabulary, or None for a random one.
+
+    With ``--embeddings FILE``: the file's vectors (reading only the rows it needs; OOV rows
+    random, see :func:`~seqbucket_plugin.vectors.build_embedding`). With ``--embedding-init
+    cooccurrence``: vectors of the words' co-occurrences in ``train`` (a tokenized dataset with
+    ``input_ids``; :func:`~seqbucket_plugin.word_vectors.cooccurrence_vectors`), skipped when
+    resuming (the checkpoint replaces them). Frozen with ``--freeze-embeddings``; prints the
+    coverage.
+
+    Raises:
+        RecipeError: ``--embedding-init cooccurrence`` without ``train``.
+    """
     from seqbucket_plugin.vectors import build_embedding, load_vectors
+    from seqbucket_plugin.word_vectors import cooccurrence_vectors
 
     path = getattr(args, "embeddings", None)
-    if not path:
+    freeze = bool(getattr(args, "freeze_embeddings", False))
+    state = "frozen" if freeze else "fine-tuned"
+    if path:
+        vectors = load_vectors(path, vocab=tokenizer, lowercase=True)
+        embedding = build_embedding(tokenizer, vectors, freeze=freeze, seed=args.seed)
+        print(f"embeddings {os.path.basename(path)} ({embedding.embedding_dim}d, {state}): "
+              f"{embedding.coverage.summary()}")
+        return embedding
+    if getattr(args, "embedding_init", None) != "cooccurrence" or getattr(args, "resuming", False):
         return None
-    vectors = load_vectors(path, vocab=tokenizer, lowercase=True)
-    embedding = build_embedding(tokenizer, vectors, freeze=bool(args.freeze_embeddings), seed=args.seed)
-    state = "frozen" if args.freeze_embeddings else "fine-tuned"
-    print(f"embeddings {os.path.basename(path)} ({embedding.embedding_dim}d, {state}): "
-          f"{embedding.coverage.summary()}")
-    return embedding
+    if train is None:
+        from seqbucket_plugin.training.cli import RecipeError
 
+        raise RecipeError("--embedding-init cooccurrence needs the tokenized training set")
+    pad = tokenizer.pad_id
+    weight, report = cooccurrence_vectors(train.with_format("arrow")["input_ids"], tokenizer.vocab_size,
+                                          args.embedding_dim, exclude=[pad] if pad is not None else [],
+                                          seed=args.seed)
+    embedding = torch.nn.Embedding(tokenizer.vocab_size, args.embedding_dim, padding_idx=pad, _weight=weight,
+                                   _freeze=freeze)
+    print(f"embeddings ({args.embedding_dim}d, {state}): {report.summary()}")
+    return embedding
 
 
 def check_options(args: argparse.Namespace, encoder_options: dict[str, tuple[str, Any]], *,

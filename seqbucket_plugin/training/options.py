@@ -112,6 +112,10 @@ class RecipeOptions:
                                           "text/binary, GloVe, fastText .vec; only the vocabulary's rows are "
                                           "read); sets --embedding-dim", group="model", metavar="FILE")
     freeze_embeddings: bool = option(False, "keep the --embeddings vectors fixed in training", group="model")
+    embedding_init: str | None = option(None, "how the word embedding starts without --embeddings: random, or "
+                                              "cooccurrence (vectors of the training texts' word co-occurrences, "
+                                              "PPMI + SVD; the default for classification on 1M+ training tokens)",
+                                        group="model", choices=("random", "cooccurrence"), auto=True)
     vocab_size: int = option(30000, "at most this many words in the vocabulary (special tokens included)",
                              group="model", low=1)
     min_frequency: int | None = option(None, "words seen fewer times are unknown", group="model", type=int, low=0,
