@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         value = r["metrics"].get(key)
         base = (r.get("baseline") or {}).get(key)
         chosen = ", ".join(f"{k} {v}" for k, v in r["chosen"].items() if k in
-                           ("max_tokens", "epochs", "lr", "eval_every", "max_length", "metric", "decoder"))
+                           ("max_tokens", "epochs", "lr", "eval_every", "max_length", "metric", "decoder",
+                            "hidden_size", "embedding_init"))
         print(f"| {name} | {key} | {value:.4f} | {'' if base is None else f'{base:.4f}'} | "
               f"{'' if target is None else target} | {r['wall_s'] / 60:.1f} min | "
               f"{r['metrics'].get('steps')} ({r['metrics'].get('best_step')}) | {chosen} |")

@@ -121,7 +121,7 @@ def test_small_sets_start_random_and_a_file_replaces_the_rule(cls_data, tmp_path
     cls_recipe.main([*recipe_files(cls_data), *SMALL_CLS, "--output-dir", str(out)])
     config = json.loads((out / "config.json").read_text())
     assert config["embedding_init"] == "random"
-    assert "training tokens (< 1,000,000): random word vectors" in config["_chosen"]["embedding_init"]
+    assert "training tokens (< 75,000): random word vectors" in config["_chosen"]["embedding_init"]
     assert "word vectors from the training texts" not in capsys.readouterr().out
 
 
