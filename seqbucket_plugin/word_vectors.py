@@ -79,7 +79,7 @@ def cooccurrence_vectors(
         sequences: token ids per text: an Arrow list column (e.g. a tokenized dataset's
             ``input_ids``) or any iterable of int sequences.
         vocab_size: number of ids; an id outside ``[0, vocab_size)`` is an error.
-        dim: vector size (at most ``vocab_size``).
+        dim: vector size (columns past ``vocab_size``, the most an SVD gives, are zeros).
         window: the largest distance counted.
         context_smoothing: the exponent of the context counts (0.75 as in word2vec).
         exclude: ids neither counted nor given a vector (padding): their rows are zeros.
@@ -91,14 +91,14 @@ def cooccurrence_vectors(
         never co-occur with another token have zero rows; ``report`` a :class:`WordVectorReport`.
 
     Raises:
-        SeqBucketError: ids out of range, ``dim`` larger than ``vocab_size``, ``window < 1``,
-            or no pair to learn from.
+        SeqBucketError: ids out of range, ``dim`` or ``vocab_size`` below 1, ``window < 1``, or
+            no pair to learn from.
     """
     start = time.perf_counter()
     if window < 1:
         raise SeqBucketError(f"window must be at least 1, got {window}")
-    if not 0 < dim <= vocab_size:
-        raise SeqBucketError(f"dim must be between 1 and vocab_size ({vocab_size}), got {dim}")
+    if dim < 1 or vocab_size < 1:
+        raise SeqBucketError(f"dim and vocab_size must be at least 1, got {dim} and {vocab_size}")
     values, owner = _flatten(sequences)
     if values.size and (values.min() < 0 or values.max() >= vocab_size):
         raise SeqBucketError(f"token ids must be in [0, {vocab_size}), found {int(values.min())}..{int(values.max())}")
@@ -137,8 +137,8 @@ def cooccurrence_vectors(
                                      (vocab_size, vocab_size), is_coalesced=True, check_invariants=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        u, _, _ = torch.svd_lowrank(matrix, q=dim, niter=niter)
-    vectors = u.float()
+        u, _, _ = torch.svd_lowrank(matrix, q=min(dim, vocab_size), niter=niter)
+    vectors = torch.nn.functional.pad(u.float(), (0, dim - u.shape[1]))  # zero columns past the rank
     has_vector = torch.from_numpy(np.bincount(rows, minlength=vocab_size) > 0)
     vectors[~has_vector] = 0
     vectors = torch.nn.functional.normalize(vectors, dim=1) * math.sqrt(dim)

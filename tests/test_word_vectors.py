@@ -86,11 +86,17 @@ def test_pairs_never_cross_texts_and_the_global_generator_is_untouched():
     assert torch.rand(1) == expected
 
 
+def test_more_dimensions_than_words_are_zero_columns():
+    vectors, _ = cooccurrence_vectors(_two_topics(40), 25, 40, exclude=[0])
+    assert vectors.shape == (25, 40) and not vectors[:, 25:].any()
+    torch.testing.assert_close(vectors[1:].norm(dim=1), torch.full((24,), 40 ** 0.5))
+
+
 def test_bad_arguments():
     with pytest.raises(SeqBucketError, match=r"token ids must be in \[0, 5\)"):
         cooccurrence_vectors([[1, 7]], 5, 2)
-    with pytest.raises(SeqBucketError, match="dim must be between 1 and vocab_size"):
-        cooccurrence_vectors([[1, 2]], 5, 6)
+    with pytest.raises(SeqBucketError, match="dim and vocab_size must be at least 1"):
+        cooccurrence_vectors([[1, 2]], 5, 0)
     with pytest.raises(SeqBucketError, match="window must be at least 1"):
         cooccurrence_vectors([[1, 2]], 5, 2, window=0)
 
@@ -146,3 +152,16 @@ def test_tagging_recipe_takes_cooccurrence_vectors(tag_data, tmp_path, capsys):
                                "--embedding-init", "cooccurrence", "--output-dir", str(out)])
     assert "test_f1" in metrics
     assert "embeddings (16d, fine-tuned): word vectors from the training texts" in capsys.readouterr().out
+
+
+def test_texts_without_word_pairs_start_random_and_say_so(capsys):
+    from types import SimpleNamespace
+
+    from seqbucket_plugin.training.model_options import pretrained_embedding
+
+    tok = TextTokenizer.train(["alpha beta gamma"], kind="word", vocab_size=100)
+    one_word = datasets.Dataset.from_dict({"input_ids": [[tok.token_to_id("alpha")], [tok.token_to_id("beta")]]})
+    args = SimpleNamespace(embeddings=None, embedding_init="cooccurrence", freeze_embeddings=False,
+                           embedding_dim=8, seed=0)
+    assert pretrained_embedding(args, tok, one_word) is None
+    assert "embeddings: a random start (no two tokens share a window" in capsys.readouterr().out

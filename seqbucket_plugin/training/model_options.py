@@ -16,6 +16,7 @@ import torch
 
 from seqbucket_plugin.encoders.errors import UnknownEncoderError
 from seqbucket_plugin.encoders.registry import accepted_options, list_encoders, supported_options
+from seqbucket_plugin.errors import SeqBucketError
 
 __all__ = ["check_embeddings", "check_options", "encoder_kwargs", "pretrained_embedding"]
 
@@ -117,7 +118,8 @@ def pretrained_embedding(args: argparse.Namespace, tokenizer: Any, train: Any = 
     random, see :func:`~seqbucket_plugin.vectors.build_embedding`). With ``--embedding-init
     cooccurrence``: vectors of the words' co-occurrences in ``train`` (a tokenized dataset with
     ``input_ids``; :func:`~seqbucket_plugin.word_vectors.cooccurrence_vectors`), skipped when
-    resuming (the checkpoint replaces them). Frozen with ``--freeze-embeddings``; prints the
+    resuming (the checkpoint replaces them) and replaced by a random start, said in one line, when
+    the texts have no word pair to count. Frozen with ``--freeze-embeddings``; prints the
     coverage.
 
     Raises:
@@ -142,9 +144,13 @@ def pretrained_embedding(args: argparse.Namespace, tokenizer: Any, train: Any = 
 
         raise RecipeError("--embedding-init cooccurrence needs the tokenized training set")
     pad = tokenizer.pad_id
-    weight, report = cooccurrence_vectors(train.with_format("arrow")["input_ids"], tokenizer.vocab_size,
-                                          args.embedding_dim, exclude=[pad] if pad is not None else [],
-                                          seed=args.seed)
+    try:
+        weight, report = cooccurrence_vectors(train.with_format("arrow")["input_ids"], tokenizer.vocab_size,
+                                              args.embedding_dim, exclude=[pad] if pad is not None else [],
+                                              seed=args.seed)
+    except SeqBucketError as e:  # e.g. one-word texts: no pair to count
+        print(f"embeddings: a random start ({e})")
+        return None
     embedding = torch.nn.Embedding(tokenizer.vocab_size, args.embedding_dim, padding_idx=pad, _weight=weight,
                                    _freeze=freeze)
     print(f"embeddings ({args.embedding_dim}d, {state}): {report.summary()}")

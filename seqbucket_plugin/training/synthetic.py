@@ -50,7 +50,7 @@ def _write_if_changed(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def write_classification_data(directory: str | os.PathLike, *, n_train: int = 2400, n_dev: int = 400,
+def write_classification_data(directory: str | os.PathLike, *, n_train: int = 2000, n_dev: int = 400,
                               n_test: int = 400, seed: int = 0) -> dict[str, str]:
     """Write ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` to ``directory`` (created if needed).
 
