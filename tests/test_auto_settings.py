@@ -31,7 +31,7 @@ def test_every_choice_is_in_range_and_explained(n, mean, task, span, seed):
     assert 8 <= chosen.values["max_length"] <= MAX_LENGTH_CAP
     assert chosen.values["max_tokens"] >= 256 and chosen.values["max_batch_size"] >= TARGET_ROWS
     assert chosen.values["min_frequency"] in (1, 2)
-    large = task == "classification" and int(lengths.mean() * n) >= 75_000
+    large = task == "tagging" or int(lengths.mean() * n) >= 75_000
     assert chosen.values["embedding_init"] == ("cooccurrence" if large else "random")
     assert 0 <= chosen.values["word_dropout"] <= 0.1
     assert chosen.values["hidden_size"] in (128, 256)
@@ -54,17 +54,19 @@ def test_explicit_options_are_never_chosen(task):
     assert data.values == {} and schedule.values == {}
 
 
-def test_large_classification_sets_start_from_cooccurrence_vectors():
-    """75k+ training tokens of classification start from the texts' co-occurrence vectors; smaller
-    sets and tagging start random; ``--embeddings FILE`` leaves the choice to the file."""
+def test_taggers_and_large_classification_sets_start_from_cooccurrence_vectors():
+    """Tagging sets of any size and classification sets of 75k+ training tokens start from the
+    texts' co-occurrence vectors; smaller classification sets start random; ``--embeddings FILE``
+    leaves the choice to the file."""
     reviews = np.full(5_000, 250)  # 1.25M tokens
 
     def init(task, lengths, **given):
         return choose_data_settings(given, task=task, lengths=lengths, label_counts=[1, 1]).values.get("embedding_init")
+
     assert init("classification", reviews) == "cooccurrence"
     assert init("classification", reviews[:300]) == "cooccurrence"  # 75,000 tokens
     assert init("classification", reviews[:299]) == "random"
-    assert init("tagging", reviews) == "random"
+    assert init("tagging", reviews[:10]) == "cooccurrence"
     assert init("classification", reviews, embeddings="vectors.txt") is None
 
 

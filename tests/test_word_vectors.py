@@ -1,6 +1,6 @@
 """Word vectors from the training texts' co-occurrences (PPMI + SVD): what they learn, their shape
-and scale, the errors, and the recipes' ``--embedding-init cooccurrence`` (the default for large
-classification sets)."""
+and scale, the errors, and the recipes' ``--embedding-init cooccurrence`` (the default for tagging
+and for classification sets of 75k+ tokens)."""
 
 from __future__ import annotations
 
@@ -144,14 +144,14 @@ def test_conflicting_embedding_options_fail_before_anything_is_written(cls_data,
     assert not out.exists()
 
 
-def test_tagging_recipe_takes_cooccurrence_vectors(tag_data, tmp_path, capsys):
+def test_tagging_recipe_starts_from_cooccurrence_vectors_by_default(tag_data, tmp_path, capsys):
     out = tmp_path / "run"
     metrics = tag_recipe.main([*recipe_files(tag_data), "--hidden-size", "8", "--num-layers", "1",
                                "--char-filters", "8", "--char-dim", "8", "--embedding-dim", "16", "--max-tokens",
-                               "1024", "--no-progress", "--threads", "1", "--epochs", "1",
-                               "--embedding-init", "cooccurrence", "--output-dir", str(out)])
+                               "1024", "--no-progress", "--threads", "1", "--epochs", "1", "--output-dir", str(out)])
     assert "test_f1" in metrics
     assert "embeddings (16d, fine-tuned): word vectors from the training texts" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["embedding_init"] == "cooccurrence"
 
 
 def test_texts_without_word_pairs_start_random_and_say_so(capsys):

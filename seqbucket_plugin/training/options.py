@@ -114,7 +114,8 @@ class RecipeOptions:
     freeze_embeddings: bool = option(False, "keep the --embeddings vectors fixed in training", group="model")
     embedding_init: str | None = option(None, "how the word embedding starts without --embeddings: random, or "
                                               "cooccurrence (vectors of the training texts' word co-occurrences, "
-                                              "PPMI + SVD; the default for classification on 75k+ training tokens)",
+                                              "PPMI + SVD; the default for tagging and for classification on 75k+ "
+                                              "training tokens)",
                                         group="model", choices=("random", "cooccurrence"), auto=True)
     vocab_size: int = option(30000, "at most this many words in the vocabulary (special tokens included)",
                              group="model", low=1)
