@@ -114,13 +114,10 @@ def cooccurrence_vectors(
         unique, count = np.unique(np.concatenate([a * vocab_size + b, b * vocab_size + a]), return_counts=True)
         keys.append(unique)
         weights.append(count.astype(np.float64) * (window - distance + 1) / window)
-    if not keys or sum(k.size for k in keys) == 0:
+    key, inverse = np.unique(np.concatenate(keys), return_inverse=True)  # the distances' pairs merged
+    if key.size == 0:
         raise SeqBucketError("no two tokens share a window: nothing to learn word vectors from")
-    key = np.concatenate(keys)
-    order = np.argsort(key, kind="stable")
-    key, weight = key[order], np.concatenate(weights)[order]
-    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    key, weight = key[first], np.add.reduceat(weight, first)
+    weight = np.bincount(inverse, weights=np.concatenate(weights))
     rows, cols = key // vocab_size, key % vocab_size
 
     word_totals = np.bincount(rows, weights=weight, minlength=vocab_size)
@@ -144,4 +141,4 @@ def cooccurrence_vectors(
     vectors = torch.nn.functional.normalize(vectors, dim=1) * math.sqrt(dim)
     report = WordVectorReport(tokens=int(counted.sum()), pairs=int(rows.size), words=int(has_vector.sum()),
                               seconds=time.perf_counter() - start)
-    return vectors.contiguous(), report
+    return vectors, report

@@ -111,7 +111,7 @@ def check_embeddings(args: argparse.Namespace) -> None:
     args.embedding_dim = dim
 
 
-def pretrained_embedding(args: argparse.Namespace, tokenizer: Any, train: Any = None) -> Any:
+def pretrained_embedding(args: argparse.Namespace, tokenizer: Any, train: Any) -> Any:
     """The starting word embedding of ``tokenizer``'s vocabulary, or None for a random one.
 
     With ``--embeddings FILE``: the file's vectors (reading only the rows it needs; OOV rows
@@ -121,9 +121,6 @@ def pretrained_embedding(args: argparse.Namespace, tokenizer: Any, train: Any = 
     resuming (the checkpoint replaces them) and replaced by a random start, said in one line, when
     the texts have no word pair to count. Frozen with ``--freeze-embeddings``; prints the
     coverage.
-
-    Raises:
-        RecipeError: ``--embedding-init cooccurrence`` without ``train``.
     """
     from seqbucket_plugin.vectors import build_embedding, load_vectors
     from seqbucket_plugin.word_vectors import cooccurrence_vectors
@@ -139,10 +136,6 @@ def pretrained_embedding(args: argparse.Namespace, tokenizer: Any, train: Any = 
         return embedding
     if getattr(args, "embedding_init", None) != "cooccurrence" or getattr(args, "resuming", False):
         return None
-    if train is None:
-        from seqbucket_plugin.training.cli import RecipeError
-
-        raise RecipeError("--embedding-init cooccurrence needs the tokenized training set")
     pad = tokenizer.pad_id
     try:
         weight, report = cooccurrence_vectors(train.with_format("arrow")["input_ids"], tokenizer.vocab_size,
